@@ -1,0 +1,882 @@
+"""DD2424 Assignment 2: a two-layer network for CIFAR-10, trained with cyclical learning rates.
+
+Run it
+    python assignment2.py                 # every exercise in order (a few minutes on 2 cores)
+    python assignment2.py fig3            # one step alone: gradcheck overfit fig3 fig4 coarse fine final
+    python assignment2.py --quick         # tiny sizes, the whole pipeline in seconds (smoke test)
+    python assignment2.py --help
+
+Data: --data-dir, else $CIFAR10_DIR, else data/cifar-10-batches-py (downloaded there when missing).
+
+Writes under --out-dir (default: this folder)
+    figures/*.png       Figure 3 and 4 replicas, the schedule, both searches, the final run
+    results.json        the numbers (keys fig3, fig4, coarse, fine, final, gradcheck, overfit); same seed, same file
+    results.txt         the same numbers for people, plus how long each part took
+    search_coarse.jsonl, search_fine.jsonl   one line per finished search trial (a rerun resumes from them)
+
+Conventions: X is d x n (one column per image, stored Fortran-ordered so a column is contiguous), Y is K x n one-hot,
+y holds the n labels 0..K-1. Params and grads are dicts with keys W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1).
+The penalty is lam * sum(W**2) as in eq. (7), so its gradient is 2 * lam * W (eq. 12).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config
+
+K = 10  # classes
+D = 32 * 32 * 3  # input dimension of a CIFAR-10 image
+PROJECT_DIR = Path(__file__).resolve().parent
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run. Defaults are the spec's Exercise 3 setting (Figure 3)."""
+    m: int = 50  # hidden units
+    lam: float = 0.01  # L2 penalty, eq. (7)
+    eta_min: float = 1e-5  # lowest learning rate of the cycle, eqs. (14-15)
+    eta_max: float = 1e-1  # highest learning rate of the cycle
+    n_s: int = 500  # half-cycle length, update steps
+    n_cycles: int = 1  # full cycles of 2 * n_s steps
+    n_batch: int = 100  # images per mini-batch
+    evals_per_cycle: int = 10  # points on the training curves per cycle
+    dtype: str = "float32"  # training precision; gradient checks always use float64
+
+
+class ConfigError(ValueError):
+    """Invalid hyper-parameters, raised before any training starts."""
+
+
+class DataError(Exception):
+    """A missing, corrupt or unsafe data file."""
+
+
+class Diverged(ArithmeticError):
+    """Training produced a non-finite cost."""
+
+
+def check_config(cfg: Config, n_train: int) -> None:
+    """Refuse settings that cannot train, before any work is done."""
+    problems = []
+    if cfg.m < 1:
+        problems.append(f"m={cfg.m} must be at least 1")
+    if cfg.lam < 0 or not math.isfinite(cfg.lam):
+        problems.append(f"lam={cfg.lam} must be finite and >= 0")
+    if not (0 < cfg.eta_min <= cfg.eta_max) or not math.isfinite(cfg.eta_max):
+        problems.append(f"need 0 < eta_min <= eta_max, got eta_min={cfg.eta_min}, eta_max={cfg.eta_max}")
+    if cfg.n_s <= 0:
+        problems.append(f"n_s={cfg.n_s} must be positive")
+    if cfg.n_cycles <= 0:
+        problems.append(f"n_cycles={cfg.n_cycles} must be positive")
+    if cfg.evals_per_cycle <= 0:
+        problems.append(f"evals_per_cycle={cfg.evals_per_cycle} must be positive")
+    if not 1 <= cfg.n_batch <= n_train:
+        problems.append(f"n_batch={cfg.n_batch} must be between 1 and the {n_train} training images")
+    if cfg.dtype not in ("float32", "float64"):
+        problems.append(f"dtype={cfg.dtype!r} must be 'float32' or 'float64'")
+    if problems:
+        raise ConfigError("invalid hyper-parameters: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data (Exercise 1)
+
+@dataclass
+class Split:
+    """Images and labels of one split: X (d, n), y (n,)."""
+    X: np.ndarray
+    y: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def Y(self) -> np.ndarray:
+        """One-hot labels, (K, n)."""
+        return one_hot(self.y)
+
+
+def one_hot(y: np.ndarray) -> np.ndarray:
+    Y = np.zeros((K, y.size))  # (K, n)
+    Y[y, np.arange(y.size)] = 1
+    return Y
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds only what a CIFAR batch holds (dicts, lists, bytes, ints, numpy arrays); refuses everything else,
+    since unpickling an arbitrary global can run arbitrary code."""
+    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"),
+              ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+              ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._NUMPY:
+            raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: not part of a CIFAR batch")
+        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+        owner = np if module == "numpy" else core.numeric if module.endswith("numeric") else core.multiarray
+        return getattr(owner, name)
+
+
+def load_batch(path: Path) -> Split:
+    """Read one batch file of the official python layout; X comes back as uint8 (d, n), Fortran-ordered."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{path}: not a valid CIFAR-10 batch ({e})") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
+        raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
+    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != D:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, {D}), got {type(data).__name__} "
+                        f"{getattr(data, 'dtype', '')} {shape}")
+    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: b'labels' must hold {data.shape[0]} integers, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= K):
+        raise DataError(f"{path}: labels outside 0..{K - 1} (found {labels.min()}..{labels.max()})")
+    return Split(X=data.T, y=labels.astype(np.int64))  # data.T of a C-ordered (n, d) array is (d, n) Fortran
+
+
+def load_batches(data_dir: Path, names) -> Split:
+    """Concatenate several batch files into one split."""
+    parts = [load_batch(Path(data_dir) / name) for name in names]
+    X = np.concatenate([p.X.T for p in parts]).T  # (d, n) Fortran: stack images as rows, then view as columns
+    return Split(X=X, y=np.concatenate([p.y for p in parts]))
+
+
+def normalise(train: Split, *others: Split, dtype="float32") -> list[Split]:
+    """Zero mean, unit std per pixel, with the training split's statistics for every split (Exercise 1)."""
+    mean = train.X.mean(axis=1, keepdims=True)  # (d, 1), float64
+    std = train.X.std(axis=1, keepdims=True)  # (d, 1)
+    std[std == 0] = 1  # a constant pixel carries no information; avoid 0/0
+    out = []
+    for s in (train, *others):
+        X = s.X.astype(dtype, order="F")  # (d, n)
+        X -= mean.astype(dtype)
+        X /= std.astype(dtype)
+        out.append(Split(X=X, y=s.y))
+    return out
+
+
+def split_last(s: Split, n_val: int) -> tuple[Split, Split]:
+    """Hold out the last n_val images of s for validation."""
+    if not 0 < n_val < s.n:
+        raise ConfigError(f"cannot hold out {n_val} of {s.n} images for validation")
+    return Split(s.X[:, :-n_val], s.y[:-n_val]), Split(s.X[:, -n_val:], s.y[-n_val:])
+
+
+def resolve_data_dir(arg: str | None) -> tuple[Path, bool]:
+    """The data folder and whether it is the project default (the only one we may download into)."""
+    if arg:
+        return Path(arg), False
+    if os.environ.get("CIFAR10_DIR"):
+        return Path(os.environ["CIFAR10_DIR"]), False
+    return PROJECT_DIR / "data" / "cifar-10-batches-py", True
+
+
+def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5) -> Path:
+    """Check the folder holds every batch; download the official archive into the default folder if it is missing."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        if not may_download:
+            raise DataError(f"{data_dir}: data folder not found")
+        download_cifar(data_dir, url, md5)
+    missing = [f for f in CIFAR_FILES if not (data_dir / f).is_file()]
+    if missing:
+        raise DataError(f"{data_dir}: missing {', '.join(missing)}")
+    return data_dir
+
+
+def download_cifar(data_dir: Path, url=CIFAR_URL, md5=CIFAR_MD5) -> None:
+    """Fetch the archive with progress, verify its MD5, and extract only the expected batch files into data_dir."""
+    import urllib.request
+    help_ = (f"Download {CIFAR_URL} by hand, extract it, and put the folder cifar-10-batches-py at {data_dir} "
+             f"(or pass --data-dir / set CIFAR10_DIR).")
+    print(f"data: {data_dir} is missing; downloading {url}", file=sys.stderr)
+    buf, digest = io.BytesIO(), hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            total, done = int(r.headers.get("Content-Length") or 0), 0
+            while chunk := r.read(1 << 20):
+                buf.write(chunk), digest.update(chunk)
+                done += len(chunk)
+                print(f"\r  {done >> 20} MiB" + (f" of {total >> 20} MiB" if total else ""), end="", file=sys.stderr)
+        print(file=sys.stderr)
+    except OSError as e:
+        raise DataError(f"could not download the data ({e}). {help_}") from None
+    if digest.hexdigest() != md5:
+        raise DataError(f"the downloaded archive has MD5 {digest.hexdigest()}, expected {md5}. {help_}")
+    buf.seek(0)
+    tmp = data_dir.with_name(data_dir.name + ".part")
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=buf, mode="r:gz") as tar:
+        wanted = {f"cifar-10-batches-py/{f}": f for f in CIFAR_FILES + ("batches.meta",)}
+        for member in tar.getmembers():
+            if member.name in wanted and member.isfile():
+                (tmp / wanted[member.name]).write_bytes(tar.extractfile(member).read())
+    tmp.rename(data_dir)
+
+
+def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=(), dtype="float32"):
+    """Train, validation and test splits, normalised with the training statistics.
+    Validation is either the files val_names or the last n_val images of the training files."""
+    train = load_batches(data_dir, train_names)
+    if n_val:
+        train, val = split_last(train, n_val)
+    else:
+        val = load_batches(data_dir, val_names)
+    test = load_batch(Path(data_dir) / "test_batch")
+    return normalise(train, val, test, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Network: initialisation, forward pass, cost (eqs. 1-8)
+
+def init_params(d: int, m: int, rng: np.random.Generator, dtype="float64") -> dict:
+    """W1 ~ N(0, 1/d), W2 ~ N(0, 1/m), zero biases (Exercise 1)."""
+    return {
+        "W1": (rng.standard_normal((m, d)) / np.sqrt(d)).astype(dtype),  # (m, d)
+        "b1": np.zeros((m, 1), dtype),  # (m, 1)
+        "W2": (rng.standard_normal((K, m)) / np.sqrt(m)).astype(dtype),  # (K, m)
+        "b2": np.zeros((K, 1), dtype),  # (K, 1)
+    }
+
+
+def softmax(S: np.ndarray) -> np.ndarray:
+    """Eq. (5), column-wise; subtracting the column max keeps exp from overflowing."""
+    E = np.exp(S - S.max(axis=0, keepdims=True))  # (K, n)
+    return E / E.sum(axis=0, keepdims=True)
+
+
+def forward(X: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Eqs. (1-4): P (K, n) and the hidden activations H (m, n) that the backward pass needs."""
+    H = np.maximum(params["W1"] @ X + params["b1"], 0)  # (m, n), eqs. 1-2
+    S = params["W2"] @ H + params["b2"]  # (K, n), eq. 3
+    return softmax(S), H  # eq. 4
+
+
+def predict(X: np.ndarray, params: dict) -> np.ndarray:
+    """Eq. (6): the most probable class of each column."""
+    return np.argmax(forward(X, params)[0], axis=0)  # (n,)
+
+
+def penalty(params: dict, lam: float) -> float:
+    """The L2 term of eq. (7): lam * sum of squared weights (biases are not penalised)."""
+    return lam * sum(float(np.sum(params[k].astype(np.float64) ** 2)) for k in ("W1", "W2"))
+
+
+def cross_entropy(P: np.ndarray, y: np.ndarray) -> float:
+    """Mean of eq. (8), -log p_y, over the columns of P."""
+    p_y = P[y, np.arange(y.size)].astype(np.float64)
+    return float(-np.mean(np.log(np.maximum(p_y, np.finfo(P.dtype).tiny))))  # tiny: log(0) would be -inf
+
+
+def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int = 10000) -> dict:
+    """Loss (eq. 8), cost (eq. 7) and accuracy on a whole split, in chunks of columns to bound memory."""
+    loss_sum, correct = 0.0, 0
+    for i in range(0, y.size, chunk):
+        P, _ = forward(X[:, i:i + chunk], params)  # (K, chunk)
+        yc = y[i:i + chunk]
+        loss_sum += cross_entropy(P, yc) * yc.size
+        correct += int(np.sum(np.argmax(P, axis=0) == yc))
+    loss = loss_sum / y.size
+    return {"loss": loss, "cost": loss + penalty(params, lam), "acc": correct / y.size}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Gradients and checks (Exercise 2)
+
+def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params: dict, lam: float) -> dict:
+    """Eqs. (12-13): gradients of the mini-batch cost J with respect to every parameter.
+    With one-hot Y, dJ/dS = (P - Y) / n; y is used instead of Y to avoid building the one-hot matrix."""
+    n = X.shape[1]
+    G = P.copy()  # (K, n)
+    G[y, np.arange(n)] -= 1
+    G /= n
+    grads = {"W2": G @ H.T + 2 * lam * params["W2"],  # (K, m)
+             "b2": G.sum(axis=1, keepdims=True)}  # (K, 1)
+    G = params["W2"].T @ G  # (m, n)
+    G *= H > 0  # ReLU passes the gradient where it was active
+    grads["W1"] = G @ X.T + 2 * lam * params["W1"]  # (m, d)
+    grads["b1"] = G.sum(axis=1, keepdims=True)  # (m, 1)
+    return {k: grads[k] for k in params}
+
+
+def grads_analytic(X, y, params, lam) -> dict:
+    P, H = forward(X, params)
+    return backward(X, y, P, H, params, lam)
+
+
+def grads_numerical(X, y, params, lam, h=1e-6) -> dict:
+    """Centred finite differences of the cost, one parameter entry at a time (float64, small sizes only)."""
+    def J():
+        return cross_entropy(forward(X, params)[0], y) + penalty(params, lam)
+    grads = {}
+    for k, p in params.items():
+        g = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + h
+            plus = J()
+            p[i] = old - h
+            minus = J()
+            p[i] = old
+            g[i] = (plus - minus) / (2 * h)
+        grads[k] = g
+    return grads
+
+
+def grads_torch(X, y, params, lam) -> dict:
+    """The gradients that PyTorch autograd computes (torch_gradient_computations.py), in our dict layout."""
+    from torch_gradient_computations import ComputeGradsWithTorch
+    net = {"W": [params["W1"], params["W2"]], "b": [params["b1"], params["b2"]]}
+    g = ComputeGradsWithTorch(X, y, net, lam)
+    return {"W1": g["W"][0], "b1": g["b"][0], "W2": g["W"][1], "b2": g["b"][1]}
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest element-wise relative error |a-b| / max(1e-8, |a|+|b|) (cs231n's gradient-check measure)."""
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def gradcheck(rng: np.random.Generator, X: np.ndarray | None = None, y: np.ndarray | None = None,
+              settings=((5, 3, 6, 0.0), (5, 3, 6, 0.1), (20, 10, 15, 0.0), (20, 10, 15, 0.05))) -> list[dict]:
+    """Compare analytic gradients with torch autograd and with finite differences, in float64.
+    Each setting is (d, n, m, lam); data come from the first d rows and n columns of X (random if None)."""
+    rows = []
+    for d, n, m, lam in settings:
+        if X is None:
+            Xs, ys = rng.standard_normal((d, n)), rng.integers(0, K, n)
+        else:
+            Xs, ys = np.asarray(X[:d, :n], np.float64), y[:n]
+        params = init_params(d, m, rng, "float64")
+        params["b1"] += 0.1 * rng.standard_normal(params["b1"].shape)  # non-zero biases test their gradients too
+        params["b2"] += 0.1 * rng.standard_normal(params["b2"].shape)
+        ours = grads_analytic(Xs, ys, params, lam)
+        torch_g, num_g = grads_torch(Xs, ys, params, lam), grads_numerical(Xs, ys, params, lam)
+        for k in params:
+            rows.append({"d": d, "n": n, "m": m, "lam": lam, "param": k,
+                         "vs_torch": rel_error(ours[k], torch_g[k]), "vs_numerical": rel_error(ours[k], num_g[k])})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training: cyclical learning rate (eqs. 14-15) and mini-batch gradient descent
+
+def cyclic_eta(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
+    """Triangular schedule: rises linearly from eta_min at t = 2 l n_s to eta_max at (2l+1) n_s (eq. 14), then falls
+    back to eta_min at 2(l+1) n_s (eq. 15)."""
+    assert t >= 0 and n_s > 0
+    l, r = divmod(t, 2 * n_s)
+    if r <= n_s:
+        return eta_min + r / n_s * (eta_max - eta_min)  # eq. 14
+    return eta_max - (r - n_s) / n_s * (eta_max - eta_min)  # eq. 15
+
+
+def eval_steps(cfg: Config) -> list[int]:
+    """Update steps after which the curves are recorded: 0, then evals_per_cycle evenly spaced points per cycle."""
+    total = 2 * cfg.n_s * cfg.n_cycles
+    every = 2 * cfg.n_s / cfg.evals_per_cycle
+    return sorted({0, total} | {round(i * every) for i in range(1, cfg.evals_per_cycle * cfg.n_cycles + 1)})
+
+
+def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
+          log=print, name: str = "") -> dict:
+    """Mini-batch GD with the cyclic learning rate, 2 * n_s * n_cycles update steps, reshuffled every epoch.
+    Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
+    sets at eval_steps(cfg). Raises Diverged if the cost stops being finite."""
+    check_config(cfg, train_set.n)
+    dtype = np.dtype(cfg.dtype)
+    for k in params:
+        params[k] = np.asarray(params[k], dtype)  # no-op when already in the training dtype
+    XT = np.ascontiguousarray(train_set.X.T, dtype)  # (n, d): one image per row, so a batch gather copies rows
+    Xv = np.asarray(val_set.X, dtype)
+    y, n, B = train_set.y, train_set.n, cfg.n_batch
+    per_epoch = n // B  # a partial last batch is dropped
+    checkpoints, total = eval_steps(cfg), 2 * cfg.n_s * cfg.n_cycles
+    hist = {"step": [], "eta": []} | {f"{s}_{q}": [] for s in ("train", "val") for q in ("cost", "loss", "acc")}
+
+    def record(t):
+        tr = evaluate(train_set.X, y, params, cfg.lam)
+        va = evaluate(Xv, val_set.y, params, cfg.lam)
+        hist["step"].append(t)
+        hist["eta"].append(cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s))
+        for q in ("cost", "loss", "acc"):
+            hist[f"train_{q}"].append(tr[q])
+            hist[f"val_{q}"].append(va[q])
+        log(f"{name}step {t:5d}/{total}: train cost {tr['cost']:.4f}, loss {tr['loss']:.4f}, acc {tr['acc']:.4f} | "
+            f"val cost {va['cost']:.4f}, loss {va['loss']:.4f}, acc {va['acc']:.4f}")
+        if not (math.isfinite(tr["cost"]) and math.isfinite(va["cost"])):
+            raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}")
+
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
+        record(0)
+        for t in range(total):
+            if t % per_epoch == 0:
+                perm = rng.permutation(n)
+            idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
+            Xb = XT[idx].T  # (d, B), Fortran-ordered
+            grads = grads_analytic(Xb, y[idx], params, cfg.lam)
+            eta = cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
+            for k in params:
+                params[k] -= eta * grads[k]  # eqs. 10-11, in place
+            if t + 1 in checkpoints:
+                record(t + 1)
+    return hist
+
+
+def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print, name="") -> tuple:
+    """Initialise a network and train it: (params, history)."""
+    check_config(cfg, train_set.n)
+    params = init_params(train_set.X.shape[0], cfg.m, rng, cfg.dtype)
+    return params, train(params, train_set, val_set, cfg, rng, log, name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Experiments: the spec's runs and the coarse-to-fine search for lam (Exercises 2-4)
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and settings of every experiment in main(); quick_plan() shrinks them for smoke tests."""
+    fig3: Config = Config()  # Exercise 3: one cycle, n_s = 500, lam = 0.01
+    fig4: Config = Config(n_s=800, n_cycles=3, evals_per_cycle=9)  # Exercise 4: three cycles, n_s = 800
+    overfit: Config = Config(lam=0.0, eta_min=0.05, eta_max=0.05, n_s=1000, n_batch=10)  # 200 epochs of 100 images
+    overfit_n: int = 100  # training images for the overfitting sanity check
+    limit: int | None = None  # use at most this many training images per stage (quick mode)
+    n_val_search: int = 5000  # validation images held out of the five batches during the search
+    n_val_final: int = 1000  # ... and for the final run
+    ns_epochs: int = 2  # n_s = ns_epochs * floor(n / n_batch) in the search and the final run
+    coarse_l: tuple = (-5.0, -1.0)  # log10 range of lam for the coarse grid
+    coarse_n: int = 8  # grid points
+    coarse_cycles: int = 2
+    fine_n: int = 10  # random draws of lam in the narrowed range
+    fine_cycles: int = 3
+    final_cycles: int = 3
+    gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
+
+
+def quick_plan() -> Plan:
+    """Tiny sizes that run the whole pipeline in seconds: a smoke test, not a result."""
+    small = dict(n_s=20, evals_per_cycle=4)
+    return Plan(fig3=Config(**small), fig4=Config(**small, n_cycles=2),
+                overfit=replace(Plan.overfit, n_s=100), overfit_n=20, limit=2000, n_val_search=500,
+                n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1,
+                gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)))
+
+
+def stage_rng(seed: int, stage: str, trial: int = 0) -> np.random.Generator:
+    """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it skipped."""
+    stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams")
+    return np.random.default_rng([seed, stages.index(stage), trial])
+
+
+def search_ns(plan: Plan, n_train: int, n_batch: int) -> int:
+    return plan.ns_epochs * (n_train // n_batch)
+
+
+def read_trials(path: Path) -> list[dict]:
+    """The finished trials of an earlier run; a line cut short by an interruption is skipped."""
+    if not path.is_file():
+        return []
+    trials = []
+    for line in path.read_text().splitlines():
+        try:
+            trials.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return trials
+
+
+def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
+           log=print) -> list[dict]:
+    """Train one network per lam and append each finished trial to path (JSON lines) at once.
+    Trials already in path with the same settings, seed and index are reused, not rerun."""
+    done = {json.dumps(t["key"], sort_keys=True): t for t in read_trials(path) if "key" in t}
+    trials = []
+    for i, lam in enumerate(lams):
+        cfg = replace(base, lam=float(lam))
+        key = {"stage": stage, "trial": i, "seed": seed, "n_train": train_set.n, "n_val": val_set.n, **asdict(cfg)}
+        tag = f"{stage} {i + 1}/{len(lams)} lam={lam:.3e}"
+        if (hit := done.get(json.dumps(key, sort_keys=True))) is not None:
+            log(f"{tag}: kept from {path.name}, val acc {hit['val_acc']}")
+            trials.append(hit)
+            continue
+        t0 = time.perf_counter()
+        try:
+            _, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=lambda s: None)
+            trial = {"lam": cfg.lam, "val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
+                     "train_acc": hist["train_acc"][-1], "diverged": False}
+        except Diverged as e:
+            log(f"{tag}: {e}")
+            trial = {"lam": cfg.lam, "val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
+        trial |= {"seed": seed, "trial": i, "cfg": asdict(cfg), "key": key}
+        with open(path, "a") as f:
+            f.write(json.dumps(trial) + "\n")
+        log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']}), {time.perf_counter() - t0:.1f} s")
+        trials.append(trial)
+    return trials
+
+
+def top_trials(trials: list[dict], k: int = 3) -> list[dict]:
+    """The k trials of highest final validation accuracy (diverged ones never win)."""
+    ok = [t for t in trials if not t["diverged"]]
+    return sorted(ok, key=lambda t: -t["val_acc"])[:k]
+
+
+def fine_range(coarse: list[dict], plan: Plan) -> tuple[float, float]:
+    """log10 range for the fine search: one coarse grid step either side of the best coarse lam."""
+    best = top_trials(coarse, 1)
+    if not best:
+        raise Diverged("every coarse trial diverged; nothing to refine")
+    step = (plan.coarse_l[1] - plan.coarse_l[0]) / max(1, plan.coarse_n - 1)
+    l = math.log10(best[0]["lam"])
+    return max(plan.coarse_l[0], l - step), min(plan.coarse_l[1], l + step)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plots and outputs
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(hist: dict, path: Path, title: str) -> None:
+    """Cost, loss and accuracy on the training and validation sets against the update step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, q in zip(axes, ("cost", "loss", "acc")):
+        ax.plot(hist["step"], hist[f"train_{q}"], "o-", ms=3, label="training")
+        ax.plot(hist["step"], hist[f"val_{q}"], "o-", ms=3, label="validation")
+        ax.set(xlabel="update step", ylabel={"acc": "accuracy"}.get(q, q), title=q if q != "acc" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_schedule(cfg: Config, path: Path) -> None:
+    """The learning rate of eqs. (14-15) at every update step (the spec's Figure 2)."""
+    plt = _pyplot()
+    t = np.arange(2 * cfg.n_s * cfg.n_cycles + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(t, [cyclic_eta(int(s), cfg.eta_min, cfg.eta_max, cfg.n_s) for s in t])
+    ax.set(xlabel="update step t", ylabel="eta_t",
+           title=f"cyclic learning rate, n_s={cfg.n_s}, {cfg.n_cycles} cycles")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_search(trials: list[dict], path: Path, title: str) -> None:
+    """Final (and best) validation accuracy against lam, on a log axis."""
+    plt = _pyplot()
+    ok = sorted((t for t in trials if not t["diverged"]), key=lambda t: t["lam"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.semilogx([t["lam"] for t in ok], [t["val_acc"] for t in ok], "o-", label="final")
+    ax.semilogx([t["lam"] for t in ok], [t["best_val_acc"] for t in ok], "x", label="best during training")
+    ax.set(xlabel="lambda", ylabel="validation accuracy", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_json(path: Path, key: str, value) -> dict:
+    """Set one top-level key of a JSON file, keeping the others (each step of the program writes its own key)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)  # atomic: an interruption never leaves half a file
+    return data
+
+
+def format_results(res: dict, timings: dict) -> str:
+    """results.txt: the numbers of results.json for people."""
+    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
+    out = [f"DD2424 Assignment 2 results (seed {res.get('seed')}{', QUICK smoke-test sizes' if res.get('quick') else ''})",
+           ""]
+    if "gradcheck" in res:
+        out.append("Gradient check (float64; max element-wise relative error, analytic vs torch / vs finite diff.)")
+        for r in res["gradcheck"]["rows"]:
+            out.append(f"  d={r['d']:<4} n={r['n']:<3} m={r['m']:<3} lam={r['lam']:<5} {r['param']}: "
+                       f"{r['vs_torch']:.2e} / {r['vs_numerical']:.2e}")
+        out.append("")
+    if "overfit" in res:
+        o = res["overfit"]
+        out += [f"Overfit check: {o['n']} images, lam=0, {o['epochs']} epochs: final training loss {o['loss']:.4f}, "
+                f"accuracy {pct(o['acc'])}", ""]
+    for key, label in (("fig3", "Figure 3 (1 cycle, n_s=500)"), ("fig4", "Figure 4 (3 cycles, n_s=800)")):
+        if key in res:
+            r = res[key]
+            out += [f"{label}: test accuracy {pct(r['test_acc'])}, final val accuracy "
+                    f"{pct(r['history']['val_acc'][-1])}", ""]
+    for key in ("coarse", "fine"):
+        if key in res:
+            r = res[key]
+            out.append(f"{key.capitalize()} search: log10(lam) in [{r['l_range'][0]:.3f}, {r['l_range'][1]:.3f}], "
+                       f"{r['n_cycles']} cycles, n_s={r['n_s']}, {r['n_train']} train / {r['n_val']} val images")
+            for t in sorted(r["trials"], key=lambda t: t["lam"]):
+                star = " *" if t in r["top3"] else ""
+                out.append(f"  lam={t['lam']:.4e}  val acc {pct(t['val_acc'])}  (best {pct(t['best_val_acc'])}){star}")
+            out.append("  * the 3 best by final validation accuracy")
+            out.append("")
+    if "final" in res:
+        r = res["final"]
+        out += [f"Final run: lam={r['lam']:.4e}, {r['n_train']} train / {r['n_val']} val images, "
+                f"{r['cfg']['n_cycles']} cycles, n_s={r['cfg']['n_s']}: test accuracy {pct(r['test_acc'])}", ""]
+    if timings:
+        out.append("Time per part (seconds, this machine)")
+        out += [f"  {k:<10} {v:8.1f}" for k, v in timings.items()]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The program: each step of the assignment as one function of a shared context, run in order by main()
+
+@dataclass
+class Context:
+    """What every step needs: where data and outputs live, the plan, the seed, and the results so far."""
+    data_dir: Path
+    out_dir: Path
+    plan: Plan
+    seed: int
+    dtype: str
+    results: dict
+    log: object = print
+    cache: dict | None = None
+
+    def raw(self, names) -> Split:
+        self.cache = self.cache if self.cache is not None else {}
+        parts = []
+        for name in names:
+            if name not in self.cache:
+                self.cache[name] = load_batch(self.data_dir / name)
+            parts.append(self.cache[name])
+        return Split(np.concatenate([p.X.T for p in parts]).T, np.concatenate([p.y for p in parts]))
+
+    def data(self, which: str) -> list[Split]:
+        """Normalised (train, val, test): 'batch12' is batch 1 / batch 2; 'search' and 'final' hold out the last
+        n_val_search / n_val_final images of all five batches."""
+        key = ("splits", which)
+        self.cache = self.cache if self.cache is not None else {}
+        if key not in self.cache:
+            head = lambda s, k: s if k is None else Split(s.X[:, :k], s.y[:k])
+            lim = self.plan.limit
+            if which == "batch12":
+                tr, va = head(self.raw(["data_batch_1"]), lim), head(self.raw(["data_batch_2"]), lim)
+            else:
+                n_val = self.plan.n_val_search if which == "search" else self.plan.n_val_final
+                tr, va = split_last(head(self.raw(CIFAR_FILES[:5]), lim and lim + n_val), n_val)
+            self.cache[key] = normalise(tr, va, self.raw(["test_batch"]), dtype=self.dtype)
+        return self.cache[key]
+
+    def need(self, step: str) -> dict:
+        """The result of an earlier step of this run, computing it first if this run has not."""
+        if step not in self.results:
+            self.results[step] = STEPS[step](self)
+        return self.results[step]
+
+    def figure(self, name: str) -> Path:
+        (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        return self.out_dir / "figures" / name
+
+
+def step_gradcheck(ctx: Context) -> dict:
+    """Exercise 2: analytic gradients against torch and finite differences on CIFAR pixels, float64."""
+    tr = ctx.data("batch12")[0]
+    rows = gradcheck(stage_rng(ctx.seed, "gradcheck"), tr.X, tr.y, ctx.plan.gradcheck)
+    for r in rows:
+        ctx.log(f"gradcheck d={r['d']} n={r['n']} m={r['m']} lam={r['lam']} {r['param']}: "
+                f"rel error vs torch {r['vs_torch']:.2e}, vs finite differences {r['vs_numerical']:.2e}")
+    return {"rows": rows, "max_vs_torch": max(r["vs_torch"] for r in rows),
+            "max_vs_numerical": max(r["vs_numerical"] for r in rows)}
+
+
+def step_overfit(ctx: Context) -> dict:
+    """Exercise 2's sanity check: lam = 0 on a handful of images should drive the training loss towards zero."""
+    tr = ctx.data("batch12")[0]
+    n = ctx.plan.overfit_n
+    small = Split(tr.X[:, :n], tr.y[:n])
+    cfg = replace(ctx.plan.overfit, dtype=ctx.dtype)
+    _, hist = run(small, small, cfg, stage_rng(ctx.seed, "overfit"), log=lambda s: None)
+    epochs = 2 * cfg.n_s * cfg.n_cycles * cfg.n_batch / n
+    ctx.log(f"overfit: {n} images, {epochs:.0f} epochs, lam=0: training loss {hist['train_loss'][0]:.3f} -> "
+            f"{hist['train_loss'][-1]:.4f}, accuracy {hist['train_acc'][-1]:.3f}")
+    return {"n": n, "epochs": epochs, "cfg": asdict(cfg), "loss": hist["train_loss"][-1], "acc": hist["train_acc"][-1],
+            "history": hist}
+
+
+def _figure_step(ctx: Context, key: str, cfg: Config, title: str) -> dict:
+    tr, va, te = ctx.data("batch12")
+    cfg = replace(cfg, dtype=ctx.dtype)
+    params, hist = run(tr, va, cfg, stage_rng(ctx.seed, key), log=ctx.log, name=f"{key} ")
+    test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
+    ctx.log(f"{key}: test accuracy {test_acc:.4f}")
+    plot_curves(hist, ctx.figure(f"{key}.png"), f"{title}: test accuracy {100 * test_acc:.2f}%")
+    plot_schedule(cfg, ctx.figure(f"{key}_schedule.png"))
+    return {"cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
+
+
+def step_fig3(ctx: Context) -> dict:
+    """Exercise 3: one cycle, n_s = 500, batch 1 for training, batch 2 for validation."""
+    return _figure_step(ctx, "fig3", ctx.plan.fig3, f"Figure 3 replica (lam={ctx.plan.fig3.lam}, n_s={ctx.plan.fig3.n_s})")
+
+
+def step_fig4(ctx: Context) -> dict:
+    """Exercise 4: three cycles, n_s = 800."""
+    c = ctx.plan.fig4
+    return _figure_step(ctx, "fig4", c, f"Figure 4 replica (lam={c.lam}, n_s={c.n_s}, {c.n_cycles} cycles)")
+
+
+def _search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict:
+    tr, va, _ = ctx.data("search")
+    base = Config(n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=n_cycles, dtype=ctx.dtype)
+    trials = search(stage, lams, base, tr, va, ctx.seed, ctx.out_dir / f"search_{stage}.jsonl", ctx.log)
+    trials = [{k: v for k, v in t.items() if k not in ("key", "cfg")} for t in trials]
+    top3 = top_trials(trials)
+    for t in top3:
+        ctx.log(f"{stage} top: lam={t['lam']:.4e} val acc {t['val_acc']:.4f}")
+    if top3 and min(abs(math.log10(top3[0]["lam"]) - l) for l in l_range) < 0.1 * (l_range[1] - l_range[0]):
+        ctx.log(f"{stage}: note, the best lam lies at the edge of the searched range {l_range}")
+    plot_search(trials, ctx.figure(f"{stage}.png"), f"{stage} search: {n_cycles} cycles, n_s={base.n_s}")
+    return {"l_range": list(l_range), "n_cycles": n_cycles, "n_s": base.n_s, "n_train": tr.n, "n_val": va.n,
+            "trials": trials, "top3": top3}
+
+
+def step_coarse(ctx: Context) -> dict:
+    """Coarse search: lam on a uniform log10 grid over the whole plausible range."""
+    p = ctx.plan
+    lams = 10 ** np.linspace(*p.coarse_l, p.coarse_n)
+    return _search_step(ctx, "coarse", lams, p.coarse_cycles, p.coarse_l)
+
+
+def step_fine(ctx: Context) -> dict:
+    """Fine search: random log10 draws around the best coarse lam, trained for more cycles."""
+    lo, hi = fine_range(ctx.need("coarse")["trials"], ctx.plan)
+    lams = 10 ** np.sort(stage_rng(ctx.seed, "fine_lams").uniform(lo, hi, ctx.plan.fine_n))
+    return _search_step(ctx, "fine", lams, ctx.plan.fine_cycles, (lo, hi))
+
+
+def step_final(ctx: Context) -> dict:
+    """Train with the best lam of the fine search (by validation accuracy) on all but n_val_final images; the test
+    set is evaluated here, once."""
+    best = top_trials(ctx.need("fine")["trials"], 1)
+    if not best:
+        raise Diverged("every fine-search trial diverged; no lam to train with")
+    tr, va, te = ctx.data("final")
+    cfg = Config(lam=best[0]["lam"], n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=ctx.plan.final_cycles,
+                 dtype=ctx.dtype)
+    params, hist = run(tr, va, cfg, stage_rng(ctx.seed, "final"), log=ctx.log, name="final ")
+    test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
+    ctx.log(f"final: lam={cfg.lam:.4e}, test accuracy {test_acc:.4f}")
+    plot_curves(hist, ctx.figure("final.png"),
+                f"Final run (lam={cfg.lam:.2e}, {tr.n} training images): test accuracy {100 * test_acc:.2f}%")
+    return {"lam": cfg.lam, "cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
+
+
+STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit, "fig3": step_fig3, "fig4": step_fig4,
+         "coarse": step_coarse, "fine": step_fine, "final": step_final}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="DD2424 Assignment 2: a two-layer network on CIFAR-10 trained with cyclical learning rates. "
+                    "Without a step, runs every step in order and writes figures/, results.json and results.txt.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="steps:\n"
+               "  gradcheck  analytic gradients vs torch autograd and finite differences (float64)\n"
+               "  overfit    sanity check: 100 images, lam=0, 200 epochs, training loss near zero\n"
+               "  fig3       Exercise 3: 1 cycle, n_s=500, lam=0.01 on batch 1 (validation: batch 2)\n"
+               "  fig4       Exercise 4: 3 cycles, n_s=800\n"
+               "  coarse     lam on a log grid over [1e-5, 1e-1], 45,000/5,000 images, 2 cycles\n"
+               "  fine       random lam around the best coarse value, 3 cycles (runs coarse first if needed)\n"
+               "  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)\n"
+               "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those.")
+    p.add_argument("step", nargs="?", default="all", choices=["all", *STEPS], help="run one step alone (default: all)")
+    p.add_argument("--data-dir", help="folder of the CIFAR-10 python batches (default: $CIFAR10_DIR, else "
+                                      "data/cifar-10-batches-py, downloaded there if missing)")
+    p.add_argument("--out-dir", default=str(PROJECT_DIR), help="where figures/ and the results go (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="one seed reproduces every result (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in seconds, for smoke tests")
+    p.add_argument("--float64", action="store_true", help="train in float64 instead of float32")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    results_path, timings_path = out_dir / "results.json", out_dir / "timings.json"
+    try:
+        data_dir, is_default = resolve_data_dir(args.data_dir)
+        data_dir = ensure_data(data_dir, is_default)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plan = quick_plan() if args.quick else Plan()
+        header = {"seed": args.seed, "quick": args.quick, "dtype": "float64" if args.float64 else "float32"}
+        old = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        if args.step == "all" or {k: old.get(k) for k in header} != header:
+            results_path.unlink(missing_ok=True)  # a fresh run (search trials stay in search_*.jsonl)
+            timings_path.unlink(missing_ok=True)
+        for k, v in header.items():
+            update_json(results_path, k, v)
+        ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"], results={})
+        steps = list(STEPS) if args.step == "all" else [args.step]
+        t_start = time.perf_counter()
+        for step in steps:
+            print(f"== {step}", flush=True)
+            t0 = time.perf_counter()
+            ctx.need(step)
+            seconds = time.perf_counter() - t0
+            for done in ctx.results:  # need() may have run earlier steps too
+                results = update_json(results_path, done, ctx.results[done])
+            timings = update_json(timings_path, step, round(seconds, 2))
+            (out_dir / "results.txt").write_text(format_results(results, timings))
+            print(f"== {step} took {seconds:.1f} s", flush=True)
+        total = time.perf_counter() - t_start
+        timings = update_json(timings_path, "total", round(total, 2))
+        (out_dir / "results.txt").write_text(format_results(results, timings))
+        print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {results_path}, {out_dir / 'figures'}")
+        return 0
+    except (DataError, ConfigError, Diverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished steps are in {results_path}, finished search trials in "
+              f"{out_dir}/search_*.jsonl; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
