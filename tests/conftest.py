@@ -1,0 +1,43 @@
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = Path(os.environ.get("CIFAR10_DIR", ROOT.parent / "shared" / "cifar-10-batches-py"))
+FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+
+def write_batch(path, data, labels, protocol=2):
+    """A batch file in the official layout (the official files are protocol-2 pickles with bytes keys)."""
+    batch = {b"batch_label": b"testing batch", b"labels": list(labels), b"data": data,
+             b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    """Six tiny batches of random images in the official format: (folder, {name: (data, labels)})."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    content = {}
+    for name in FILES:
+        data = rng.integers(0, 256, (40, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, 40)
+        write_batch(folder / name, data, labels)
+        content[name] = (data, labels)
+    return folder, content
+
+
+@pytest.fixture
+def shared_data():
+    if not (SHARED_DATA / "data_batch_1").is_file():
+        pytest.skip(f"CIFAR-10 batches not found at {SHARED_DATA}")
+    return SHARED_DATA
