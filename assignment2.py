@@ -130,11 +130,19 @@ class _CifarUnpickler(pickle.Unpickler):
               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
+            return _latin1_encode
         if (module, name) not in self._NUMPY:
             raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: not part of a CIFAR batch")
         core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
         owner = np if module == "numpy" else core.numeric if module.endswith("numeric") else core.multiarray
         return getattr(owner, name)
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused to load _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 def load_batch(path: Path) -> Split:
@@ -145,10 +153,9 @@ def load_batch(path: Path) -> Split:
     try:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as e:
-        raise DataError(f"{path}: not a valid CIFAR-10 batch ({e})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
-        raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): {e}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
     data, labels = batch[b"data"], np.asarray(batch[b"labels"])
@@ -647,7 +654,7 @@ def format_results(res: dict, timings: dict) -> str:
     for key, label in (("fig3", "Figure 3"), ("fig4", "Figure 4")):
         if key in res:
             r, c = res[key], res[key]["cfg"]
-            out += [f"{label} ({c['n_cycles']} cycles, n_s={c['n_s']}, lam={c['lam']}, {r['n_train']} training images): "
+            out += [f"{label} ({c['n_cycles']} cycle(s), n_s={c['n_s']}, lam={c['lam']}, {r['n_train']} training images): "
                     f"test accuracy {pct(r['test_acc'])}, final val accuracy "
                     f"{pct(r['history']['val_acc'][-1])}", ""]
     for key in ("coarse", "fine"):

@@ -25,10 +25,12 @@ def test_analytic_matches_torch(d, n, m, lam):
         assert a.rel_error(ours[k], theirs[k]) < 1e-7, k
 
 
-@pytest.mark.parametrize("d,n,m", [(5, 3, 6), (20, 10, 15), (12, 30, 3)])
+@pytest.mark.parametrize("d,n,m", [(5, 3, 6), (20, 10, 15), (12, 8, 3)])
 @pytest.mark.parametrize("lam", [0.0, 0.05])
 def test_analytic_matches_finite_differences(d, n, m, lam):
     X, y, params = random_problem(d, n, m, seed=7 * d + n)
+    # a finite difference across a ReLU kink is wrong by design: these problems have none within reach of h
+    assert np.abs(params["W1"] @ X + params["b1"]).min() > 1e-3
     ours = a.grads_analytic(X, y, params, lam)
     numerical = a.grads_numerical(X, y, params, lam)
     for k in params:

@@ -1,0 +1,171 @@
+"""Loading, validation and normalisation of CIFAR-10 batches, and the download path."""
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+import assignment2 as a
+from conftest import FILES, write_batch
+
+
+def test_loader_reads_official_layout(tiny_cifar):
+    folder, content = tiny_cifar
+    s = a.load_batch(folder / "data_batch_1")
+    data, labels = content["data_batch_1"]
+    assert s.X.shape == (3072, 40) and s.X.dtype == np.uint8
+    assert s.X.flags.f_contiguous  # one image per contiguous column
+    np.testing.assert_array_equal(s.X[:, 3], data[3])
+    np.testing.assert_array_equal(s.y, labels)
+    Y = s.Y
+    assert Y.shape == (10, 40) and np.all(Y.sum(axis=0) == 1) and np.all(Y.argmax(axis=0) == labels)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_loader_accepts_every_pickle_protocol(tmp_path, protocol):
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    write_batch(tmp_path / "b", data, [1, 9], protocol=protocol)
+    np.testing.assert_array_equal(a.load_batch(tmp_path / "b").X.T, data)
+
+
+def test_load_batches_concatenates_in_order(tiny_cifar):
+    folder, content = tiny_cifar
+    s = a.load_batches(folder, ["data_batch_2", "data_batch_3"])
+    assert s.X.shape == (3072, 80) and s.X.flags.f_contiguous
+    np.testing.assert_array_equal(s.X[:, 40], content["data_batch_3"][0][0])
+    np.testing.assert_array_equal(s.y[:40], content["data_batch_2"][1])
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_refuses_a_pickle_that_would_run_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(a.DataError, match=r"data_batch_1.*refused to load the global (posix|os)\.system"):
+        a.load_batch(tmp_path / "data_batch_1")
+    assert not (tmp_path / "pwned").exists()
+
+
+def _bad(tmp_path, kind):
+    path = tmp_path / "data_batch_1"
+    good = np.zeros((4, 3072), np.uint8)
+    if kind == "truncated":
+        write_batch(path, good, [0, 1, 2, 3])
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "garbage":
+        path.write_bytes(b"this is not a pickle at all")
+    elif kind == "shape":
+        write_batch(path, np.zeros((4, 100), np.uint8), [0, 1, 2, 3])
+    elif kind == "dtype":
+        write_batch(path, good.astype(np.float64), [0, 1, 2, 3])
+    elif kind == "labels":
+        write_batch(path, good, [0, 1, 10, 3])
+    elif kind == "count":
+        write_batch(path, good, [0, 1])
+    elif kind == "not a dict":
+        with open(path, "wb") as f:
+            pickle.dump([1, 2, 3], f)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("truncated", "corrupt or unsafe.*pickle data was truncated"), ("garbage", "data_batch_1"), ("shape", r"shape \(n, 3072\)"),
+    ("dtype", "uint8"), ("labels", "labels outside 0..9"), ("count", "must hold 4 integers"),
+    ("not a dict", "expected a dict")])
+def test_bad_batches_raise_a_clear_error(tmp_path, kind, message):
+    path = _bad(tmp_path, kind)
+    with pytest.raises(a.DataError, match=message) as e:
+        a.load_batch(path)
+    assert str(path) in str(e.value)
+
+
+def test_normalise_uses_training_statistics_only():
+    rng = np.random.default_rng(0)
+    train = a.Split(np.asfortranarray(rng.integers(0, 256, (6, 50), dtype=np.uint8)), rng.integers(0, 10, 50))
+    val = a.Split(np.asfortranarray(rng.integers(100, 256, (6, 20), dtype=np.uint8)), rng.integers(0, 10, 20))
+    tr, va = a.normalise(train, val, dtype="float64")
+    np.testing.assert_allclose(tr.X.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(tr.X.std(axis=1), 1, atol=1e-12)
+    mean, std = train.X.mean(axis=1, keepdims=True), train.X.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(va.X, (val.X - mean) / std)  # the validation split's own mean is not used
+    assert va.X.flags.f_contiguous
+    assert a.normalise(train, dtype="float32")[0].X.dtype == np.float32
+
+
+def test_split_last_holds_out_the_tail():
+    s = a.Split(np.asfortranarray(np.arange(30).reshape(3, 10)), np.arange(10))
+    tr, va = a.split_last(s, 4)
+    assert tr.n == 6 and va.n == 4 and list(va.y) == [6, 7, 8, 9]
+    with pytest.raises(a.ConfigError):
+        a.split_last(s, 10)
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)
+    assert a.resolve_data_dir(None) == (a.PROJECT_DIR / "data" / "cifar-10-batches-py", True)
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path))
+    assert a.resolve_data_dir(None) == (tmp_path, False)
+    assert a.resolve_data_dir("x") == (a.Path("x"), False)
+
+
+def _archive(tmp_path, extra=()):
+    """A tar.gz laid out like the official one, plus extra (name, bytes) members."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in FILES + ("batches.meta",):
+            src = tmp_path / "src" / name
+            src.parent.mkdir(exist_ok=True)
+            write_batch(src, np.zeros((2, 3072), np.uint8), [0, 1])
+            tar.add(src, arcname=f"cifar-10-batches-py/{name}")
+        for name, payload in extra:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    path = tmp_path / "cifar.tar.gz"
+    path.write_bytes(buf.getvalue())
+    return path.as_uri(), hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def test_download_verifies_and_extracts_only_the_batches(tmp_path):
+    url, md5 = _archive(tmp_path, extra=[("../escape.txt", b"x"), ("cifar-10-batches-py/evil.sh", b"rm -rf /")])
+    dest = tmp_path / "data" / "cifar-10-batches-py"
+    assert a.ensure_data(dest, may_download=True, url=url, md5=md5) == dest
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FILES + ("batches.meta",))
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "data" / "escape.txt").exists()
+    assert a.load_batch(dest / "test_batch").n == 2
+
+
+def test_download_with_a_wrong_md5_is_refused(tmp_path):
+    url, _ = _archive(tmp_path)
+    dest = tmp_path / "data" / "cifar-10-batches-py"
+    with pytest.raises(a.DataError, match="MD5"):
+        a.ensure_data(dest, may_download=True, url=url, md5="0" * 32)
+    assert not dest.exists()
+
+
+def test_offline_download_says_what_to_do(tmp_path):
+    dest = tmp_path / "cifar-10-batches-py"
+    with pytest.raises(a.DataError, match="Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"):
+        a.ensure_data(dest, may_download=True, url=(tmp_path / "nothing.tar.gz").as_uri())
+
+
+def test_a_given_folder_is_never_downloaded_into(tmp_path, tiny_cifar):
+    with pytest.raises(a.DataError, match="data folder not found"):
+        a.ensure_data(tmp_path / "nope", may_download=False)
+    folder, _ = tiny_cifar
+    (folder / "test_batch").unlink()
+    with pytest.raises(a.DataError, match="missing test_batch"):
+        a.ensure_data(folder, may_download=False)
+
+
+def test_shared_cifar_batches_load(shared_data):
+    s = a.load_batch(shared_data / "data_batch_1")
+    assert s.X.shape == (3072, 10000) and s.X.dtype == np.uint8
+    assert set(np.unique(s.y)) == set(range(10))

@@ -1,0 +1,83 @@
+"""The program as a user runs it: import safety, --help, clear errors, the --quick pipeline end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_batch
+
+import numpy as np
+
+
+def run_program(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "assignment2.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_import_runs_nothing_and_loads_neither_torch_nor_matplotlib():
+    code = ("import sys; import assignment2; "
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
+    assert out.stderr == ""
+
+
+def test_help_lists_every_step():
+    out = run_program("--help")
+    assert out.returncode == 0
+    for word in ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "--quick", "--seed"):
+        assert word in out.stdout
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: None, "data folder not found"),
+    (lambda d: d.mkdir(), "missing data_batch_1"),
+])
+def test_missing_data_is_one_clear_line(tmp_path, make, message):
+    folder = tmp_path / "cifar"
+    make(folder)
+    out = run_program("fig3", "--data-dir", str(folder), "--out-dir", str(tmp_path / "out"))
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_corrupt_batch_is_one_clear_line(tiny_cifar, tmp_path):
+    folder, _ = tiny_cifar
+    write_batch(folder / "data_batch_1", np.zeros((3, 3072), np.uint8), [0, 1, 12])
+    out = run_program("fig3", "--data-dir", str(folder), "--out-dir", str(tmp_path / "out"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "data_batch_1" in out.stderr and "labels outside 0..9" in out.stderr
+
+
+def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
+    """The whole program in --quick mode on the shared CIFAR-10 copy, twice with one seed: same results.json."""
+    outs = [tmp_path / "one", tmp_path / "two"]
+    for out_dir in outs:
+        out = run_program("--quick", "--data-dir", str(shared_data), "--out-dir", str(out_dir), "--seed", "3")
+        assert out.returncode == 0, out.stderr
+        assert "== final took" in out.stdout
+    res = json.loads((outs[0] / "results.json").read_text())
+    assert (outs[0] / "results.json").read_text() == (outs[1] / "results.json").read_text()
+    for key in ("fig3", "fig4", "final"):
+        assert 0.2 < res[key]["test_acc"] < 1
+    for key in ("coarse", "fine"):
+        assert res[key]["trials"] and all("lam" in t and "val_acc" in t for t in res[key]["trials"])
+    assert res["gradcheck"]["max_vs_torch"] < 1e-7
+    assert res["overfit"]["loss"] < 0.05
+    text = (outs[0] / "results.txt").read_text()
+    assert "Figure 3" in text and "Final run" in text and "total" in text
+    figures = {p.name for p in (outs[0] / "figures").glob("*.png")}
+    assert {"fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png", "fig3_schedule.png"} <= figures
+    assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(res["coarse"]["trials"])
+
+
+def test_a_single_step_resumes_the_search(shared_data, tmp_path):
+    args = ("--quick", "--data-dir", str(shared_data), "--out-dir", str(tmp_path))
+    first = run_program("coarse", *args)
+    assert first.returncode == 0, first.stderr
+    again = run_program("fine", *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("kept from search_coarse.jsonl") == 3
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res) >= {"coarse", "fine"} and "fig3" not in res

@@ -1,0 +1,149 @@
+"""The trainer, its refusals, divergence handling, and the resumable search."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import assignment2 as a
+
+
+def blobs(n, d=20, seed=0):
+    """Ten well separated Gaussian clusters: learnable in a few hundred steps."""
+    rng = np.random.default_rng(seed)
+    centres = 3 * rng.standard_normal((d, a.K))
+    y = rng.integers(0, a.K, n)
+    X = centres[:, y] + rng.standard_normal((d, n))
+    return a.Split(np.asfortranarray(X), y)
+
+
+QUIET = dict(log=lambda s: None)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(n_s=0), "n_s=0"), (dict(eta_min=0.2, eta_max=0.1), "eta_min <= eta_max"), (dict(n_batch=1000), "n_batch"),
+    (dict(lam=-1e-3), "lam="), (dict(m=0), "m=0"), (dict(n_cycles=0), "n_cycles"), (dict(dtype="float16"), "dtype"),
+    (dict(eta_min=0.0), "0 < eta_min")])
+def test_invalid_hyper_parameters_refused_before_training(change, message):
+    data = blobs(200)
+    cfg = replace(a.Config(n_s=10), **change)
+    with pytest.raises(a.ConfigError, match=message):
+        a.run(data, data, cfg, np.random.default_rng(0), **QUIET)
+
+
+def test_training_learns_and_records_about_ten_points_per_cycle():
+    tr, va = blobs(1000, seed=1), blobs(300, seed=1)
+    va = a.Split(np.asfortranarray(va.X), va.y)
+    cfg = a.Config(m=20, lam=1e-3, eta_min=1e-4, eta_max=0.1, n_s=50, n_cycles=2, n_batch=50)
+    params, hist = a.run(tr, va, cfg, np.random.default_rng(0), **QUIET)
+    assert hist["step"] == list(range(0, 201, 10))
+    assert hist["eta"][5] == pytest.approx(0.1) and hist["eta"][10] == pytest.approx(1e-4)
+    assert hist["train_loss"][-1] < 0.5 * hist["train_loss"][0]
+    assert hist["val_acc"][-1] > 0.9
+    assert all(p.dtype == np.float32 for p in params.values())
+    cost = np.array(hist["train_cost"]) - np.array(hist["train_loss"])
+    assert np.all(cost > 0)  # the L2 term is part of the cost
+
+
+def test_float32_and_float64_training_agree():
+    tr = blobs(500, seed=2)
+    cfg = a.Config(m=16, lam=1e-3, n_s=25, n_batch=20)
+    h32 = a.run(tr, tr, cfg, np.random.default_rng(5), **QUIET)[1]
+    h64 = a.run(tr, tr, replace(cfg, dtype="float64"), np.random.default_rng(5), **QUIET)[1]
+    np.testing.assert_allclose(h32["train_loss"], h64["train_loss"], rtol=1e-3)
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    tr = blobs(300, seed=3)
+    cfg = a.Config(m=8, n_s=15, n_batch=20)
+    one = a.run(tr, tr, cfg, np.random.default_rng(7), **QUIET)[1]
+    two = a.run(tr, tr, cfg, np.random.default_rng(7), **QUIET)[1]
+    three = a.run(tr, tr, cfg, np.random.default_rng(8), **QUIET)[1]
+    assert one == two
+    assert one["train_loss"] != three["train_loss"]
+
+
+def test_every_epoch_is_reshuffled(monkeypatch):
+    seen = []
+    real = a.grads_analytic
+    monkeypatch.setattr(a, "grads_analytic", lambda X, y, p, lam: (seen.append(y.copy()), real(X, y, p, lam))[1])
+    tr = blobs(40, seed=4)
+    a.run(tr, tr, a.Config(m=4, n_s=4, n_batch=10), np.random.default_rng(0), **QUIET)  # 8 steps = 2 epochs
+    first, second = np.concatenate(seen[:4]), np.concatenate(seen[4:])
+    assert sorted(first) == sorted(tr.y) == sorted(second)  # each epoch sees every image once
+    assert list(first) != list(second)
+
+
+def test_overfit_sanity_check_on_cifar(shared_data):
+    """Exercise 2: 100 images, lam=0, 200 epochs: the training loss goes (nearly) to zero."""
+    s = a.load_batch(shared_data / "data_batch_1")
+    small, = a.normalise(a.Split(s.X[:, :100], s.y[:100]), dtype="float32")
+    _, hist = a.run(small, small, a.Plan().overfit, np.random.default_rng(0), **QUIET)
+    assert hist["train_loss"][0] > 2.0
+    assert hist["train_loss"][-1] < 0.01
+    assert hist["train_acc"][-1] == 1.0
+
+
+def test_divergence_stops_the_run_with_its_settings():
+    tr = blobs(200, seed=5)
+    cfg = a.Config(m=10, eta_min=1e3, eta_max=1e4, n_s=20, n_batch=20)
+    with pytest.raises(a.Diverged, match=r"non-finite cost.*eta_max=10000"):
+        a.run(tr, tr, cfg, np.random.default_rng(0), **QUIET)
+
+
+def search_setup(tmp_path):
+    tr, va = blobs(400, seed=6), blobs(100, seed=7)
+    base = a.Config(m=8, eta_max=0.05, n_s=10, n_batch=20, eval_train=False)
+    return tr, va, base, tmp_path / "search_test.jsonl"
+
+
+def test_search_records_trials_and_diverged_ones_go_on(tmp_path):
+    tr, va, base, path = search_setup(tmp_path)
+    base = replace(base, eta_min=1e4, eta_max=1e5)
+    trials = a.search("coarse", [1e-3, 1e-2], base, tr, va, 0, path, **QUIET)
+    assert [t["diverged"] for t in trials] == [True, True]
+    assert len(path.read_text().splitlines()) == 2
+    assert a.top_trials(trials) == []
+
+
+def test_search_resumes_after_an_interruption(tmp_path, monkeypatch):
+    tr, va, base, path = search_setup(tmp_path)
+    lams = [1e-4, 1e-3, 1e-2, 1e-1]
+    full = a.search("coarse", lams, base, tr, va, 0, tmp_path / "uninterrupted.jsonl", **QUIET)
+
+    real_run, calls, interrupt_at = a.run, [], [3]
+
+    def interrupted_run(*args, **kw):
+        calls.append(args[2].lam)
+        if len(calls) in interrupt_at:
+            interrupt_at.clear()  # Ctrl-C once, during the third trial
+            raise KeyboardInterrupt
+        return real_run(*args, **kw)
+
+    monkeypatch.setattr(a, "run", interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        a.search("coarse", lams, base, tr, va, 0, path, **QUIET)
+    assert len(path.read_text().splitlines()) == 2  # the finished trials were written at once
+    with open(path, "a") as f:
+        f.write('{"lam": 0.01, "val_acc": 0.5, "ke')  # a line cut short by the interruption is ignored
+
+    calls.clear()
+    resumed = a.search("coarse", lams, base, tr, va, 0, path, **QUIET)
+    assert calls == [1e-2, 1e-1]  # only what was missing ran
+    assert [t["val_acc"] for t in resumed] == [t["val_acc"] for t in full]  # and it gives the same answers
+
+    calls.clear()
+    a.search("coarse", lams, base, tr, va, 1, path, **QUIET)  # another seed is another set of trials
+    assert len(calls) == 4
+
+
+def test_fine_range_is_one_grid_step_around_the_best():
+    plan = a.Plan()
+    trials = [{"lam": lam, "val_acc": acc, "diverged": False}
+              for lam, acc in zip(10 ** np.linspace(-5, -1, 8), [0.40, 0.41, 0.45, 0.50, 0.47, 0.44, 0.42, 0.30])]
+    lo, hi = a.fine_range(trials, plan)
+    l_best = np.log10(trials[3]["lam"])
+    assert (lo, hi) == pytest.approx((l_best - 4 / 7, l_best + 4 / 7))
+    assert [t["val_acc"] for t in a.top_trials(trials)] == [0.50, 0.47, 0.45]
+    trials[0]["val_acc"] = 0.9
+    assert a.fine_range(trials, plan)[0] == -5.0  # clipped to the coarse range
