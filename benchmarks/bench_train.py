@@ -1,0 +1,122 @@
+"""Time one training epoch of assignment2.py against a torch autograd loop and the machine's matrix-product peak.
+
+    python benchmarks/bench_train.py            # m=50 on 49,000 images, then m=1000 on 10,000 images
+    python benchmarks/bench_train.py --repeats 3 --skip-wide
+
+All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the cyclic schedule.
+The project's epoch is timed through assignment2.run(), the code path the program uses: a run of three epochs minus a
+run of one epoch, halved, so the evaluation passes at the start and the end (the same in both) cancel out.
+torch runs with OMP_WAIT_POLICY=PASSIVE so its idle OpenMP threads do not spin on the cores numpy needs next.
+Last line: epoch_s=<x> torch_s=<y> ratio=<x/y> gemm_peak_fraction=<f> (m=50; medians).
+"""
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch starts its OpenMP pool
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import assignment2 as a  # noqa: E402
+
+
+def synthetic(n, rng, d=a.D):
+    X = np.asfortranarray(rng.standard_normal((d, n), dtype=np.float32))  # (d, n), as normalise() returns it
+    return a.Split(X, rng.integers(0, a.K, n))
+
+
+def project_epoch(tr, va, m, B):
+    """Seconds for one epoch of assignment2's training: (run(3 epochs) - run(1 epoch)) / 2."""
+    per_epoch = tr.n // B
+    times, steps = [], []
+    for n_s in (3 * per_epoch // 2, per_epoch // 2):  # one cycle of 2 n_s steps: 3 epochs, then 1
+        cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False)
+        t0 = time.perf_counter()
+        a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None)
+        times.append(time.perf_counter() - t0)
+        steps.append(2 * n_s)
+    return (times[0] - times[1]) / ((steps[0] - steps[1]) / per_epoch)
+
+
+def torch_epoch(tr, m, B, lam=0.01, eta_min=1e-5, eta_max=1e-1):
+    """The same network, loss, penalty and cyclic update, written the way a torch user would: autograd, float32."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    d, n = tr.X.shape
+    XT = torch.from_numpy(np.ascontiguousarray(tr.X.T))  # (n, d)
+    y = torch.from_numpy(tr.y)
+    params = [(torch.randn(m, d, generator=g) / math.sqrt(d)).requires_grad_(), torch.zeros(m, requires_grad=True),
+              (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_(), torch.zeros(a.K, requires_grad=True)]
+    W1, b1, W2, b2 = params
+    per_epoch, n_s = n // B, n // B // 2
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=g)
+    for t in range(per_epoch):
+        idx = perm[t * B:(t + 1) * B]
+        S = torch.relu(XT[idx] @ W1.T + b1) @ W2.T + b2  # (B, K)
+        loss = torch.nn.functional.cross_entropy(S, y[idx]) + lam * (W1.square().sum() + W2.square().sum())
+        grads = torch.autograd.grad(loss, params)
+        eta = a.cyclic_eta(t, eta_min, eta_max, n_s)
+        with torch.no_grad():
+            for p, gr in zip(params, grads):
+                p -= eta * gr
+    return time.perf_counter() - t0
+
+
+def gemm_gflops(size=2048, reps=5):
+    A = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    A @ A
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        A @ A
+    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def epoch_gflop(n, m, B, d=a.D):
+    """Matrix-product work of one epoch: W1 X and G X^T dominate (2 m d per image each), plus the small layer."""
+    return (n // B) * B * (4 * m * d + 6 * a.K * m) / 1e9
+
+
+def stats(xs):
+    return statistics.median(xs), min(xs)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-wide", action="store_true", help="skip the m=1000 case")
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(2)  # the project's numpy uses both cores through OpenBLAS; give torch the same
+    rng = np.random.default_rng(0)
+    cases = [(50, 49000)] + ([] if args.skip_wide else [(1000, 10000)])
+    va = synthetic(1000, rng)
+    rows, last = [], None
+    for m, n in cases:
+        tr = synthetic(n, rng)
+        reps = args.repeats if m <= 100 else max(1, args.repeats // 2)
+        ours, theirs, peak = [], [], []
+        for _ in range(reps):  # interleaved, so drifts in machine speed hit every column alike
+            ours.append(project_epoch(tr, va, m, 100))
+            theirs.append(torch_epoch(tr, m, 100))
+            peak.append(gemm_gflops())
+        (o_med, o_min), (t_med, t_min), (g_med, _) = stats(ours), stats(theirs), stats(peak)
+        work = epoch_gflop(n, m, 100)
+        rows.append((m, n, o_med, o_min, t_med, t_min, o_med / t_med, work / o_med, g_med))
+        if m == 50:
+            last = f"epoch_s={o_med:.3f} torch_s={t_med:.3f} ratio={o_med / t_med:.3f} " \
+                   f"gemm_peak_fraction={work / o_med / g_med:.3f}"
+        del tr
+    print(f"{'m':>5} {'images':>7} {'ours med/min s':>16} {'torch med/min s':>17} {'ratio':>6} "
+          f"{'ours GFLOP/s':>13} {'gemm peak':>10}")
+    for m, n, om, on, tm, tn, r, gf, gp in rows:
+        print(f"{m:>5} {n:>7} {om:>8.3f}/{on:<7.3f} {tm:>8.3f}/{tn:<8.3f} {r:>6.3f} {gf:>13.1f} {gp:>10.1f}")
+    print(last)
+
+
+if __name__ == "__main__":
+    main()
