@@ -30,7 +30,7 @@ import pickle
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,11 +170,15 @@ def load_batch(path: Path) -> Split:
     return Split(X=data.T, y=labels.astype(np.int64))  # data.T of a C-ordered (n, d) array is (d, n) Fortran
 
 
-def load_batches(data_dir: Path, names) -> Split:
-    """Concatenate several batch files into one split."""
-    parts = [load_batch(Path(data_dir) / name) for name in names]
+def concat(parts: list[Split]) -> Split:
+    """Several splits as one, in order."""
     X = np.concatenate([p.X.T for p in parts]).T  # (d, n) Fortran: stack images as rows, then view as columns
     return Split(X=X, y=np.concatenate([p.y for p in parts]))
+
+
+def load_batches(data_dir: Path, names) -> Split:
+    """Concatenate several batch files into one split."""
+    return concat([load_batch(Path(data_dir) / name) for name in names])
 
 
 def normalise(train: Split, *others: Split, dtype="float32") -> list[Split]:
@@ -700,22 +704,18 @@ class Context:
     dtype: str
     results: dict
     log: object = print
-    cache: dict | None = None
+    cache: dict = field(default_factory=dict)  # batch files and normalised splits, each loaded once per run
 
     def raw(self, names) -> Split:
-        self.cache = self.cache if self.cache is not None else {}
-        parts = []
         for name in names:
             if name not in self.cache:
                 self.cache[name] = load_batch(self.data_dir / name)
-            parts.append(self.cache[name])
-        return Split(np.concatenate([p.X.T for p in parts]).T, np.concatenate([p.y for p in parts]))
+        return concat([self.cache[name] for name in names])
 
     def data(self, which: str) -> list[Split]:
         """Normalised (train, val, test): 'batch12' is batch 1 / batch 2; 'search' and 'final' hold out the last
         n_val_search / n_val_final images of all five batches."""
         key = ("splits", which)
-        self.cache = self.cache if self.cache is not None else {}
         if key not in self.cache:
             head = lambda s, k: s if k is None else Split(s.X[:, :k], s.y[:k])
             lim = self.plan.limit
