@@ -445,7 +445,7 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     def record(t):
         va = evaluate(Xv, val_set.y, params, cfg.lam)
         skip = not cfg.eval_train and t != total
-        tr = dict.fromkeys(va, math.nan) if skip else evaluate(train_set.X, y, params, cfg.lam)
+        tr = dict.fromkeys(va, math.nan) if skip else evaluate(XT.T, y, params, cfg.lam)
         hist["step"].append(t)
         hist["eta"].append(cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s))
         for q in ("cost", "loss", "acc"):
