@@ -504,6 +504,7 @@ class Plan:
     fine_n: int = 10  # random draws of lam in the narrowed range
     fine_cycles: int = 3
     final_cycles: int = 3
+    n_seeds: int = 3  # seeds behind the mean and spread of the `seeds` step
     gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
 
 
@@ -512,7 +513,7 @@ def quick_plan() -> Plan:
     small = dict(n_s=20, evals_per_cycle=4)
     return Plan(fig3=Config(**small), fig4=Config(**small, n_cycles=2),
                 overfit=replace(Plan.overfit, n_s=100), overfit_n=20, limit=2000, n_val_search=500,
-                n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1,
+                n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1, n_seeds=2,
                 gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)))
 
 
@@ -598,7 +599,7 @@ def _pyplot():
 def plot_curves(hist: dict, path: Path, title: str) -> None:
     """Cost, loss and accuracy on the training and validation sets against the update step."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
     for ax, q in zip(axes, ("cost", "loss", "acc")):
         ax.plot(hist["step"], hist[f"train_{q}"], "o-", ms=3, label="training")
         ax.plot(hist["step"], hist[f"val_{q}"], "o-", ms=3, label="validation")
@@ -630,7 +631,7 @@ def plot_search(trials: list[dict], path: Path, title: str) -> None:
     plt = _pyplot()
     ok = sorted((t for t in trials if not t["diverged"]), key=lambda t: t["lam"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.semilogx([t["lam"] for t in ok], [t["val_acc"] for t in ok], "o-", label="final")
+    ax.semilogx([t["lam"] for t in ok], [t["val_acc"] for t in ok], "o", label="final")
     ax.semilogx([t["lam"] for t in ok], [t["best_val_acc"] for t in ok], "x", label="best during training")
     ax.set(xlabel="lambda", ylabel="validation accuracy", title=title)
     ax.grid(alpha=0.3, which="both")
@@ -685,10 +686,169 @@ def format_results(res: dict, timings: dict) -> str:
         r = res["final"]
         out += [f"Final run: lam={r['lam']:.4e}, {r['n_train']} train / {r['n_val']} val images, "
                 f"{r['cfg']['n_cycles']} cycles, n_s={r['cfg']['n_s']}: test accuracy {pct(r['test_acc'])}", ""]
+    for key, r in res.get("seeds", {}).items():
+        out.append(f"Over seeds {r['seeds']}, {key}: test accuracy {100 * r['mean']:.2f}% +- {100 * r['std']:.2f} "
+                   f"({', '.join(pct(a) for a in r['test_acc'])})")
+    if "seeds" in res:
+        out.append("")
     if timings:
         out.append("Time per part (seconds, this machine)")
         out += [f"  {k:<10} {v:8.1f}" for k, v in timings.items()]
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The report: report/report.md with every number filled in from results.json, laid out as a PDF by matplotlib
+
+def report_values(res: dict, timings: dict) -> dict:
+    """The named numbers and tables that report/report.md refers to as {name}."""
+    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
+    v = {"seed": res["seed"], "dtype": res["dtype"], "quick_note": ""}
+    if res.get("quick"):
+        v["quick_note"] = "NOTE: made from a --quick smoke-test run with tiny sizes; its numbers are not results."
+    g = res["gradcheck"]
+    v["gradcheck_max_torch"], v["gradcheck_max_num"] = f"{g['max_vs_torch']:.1e}", f"{g['max_vs_numerical']:.1e}"
+    v["gradcheck_table"] = "\n".join(
+        ["    d     n    m    lam    param  vs torch   vs finite differences"] +
+        [f"    {r['d']:<5} {r['n']:<4} {r['m']:<4} {r['lam']:<6} {r['param']:<6} {r['vs_torch']:.1e}    "
+         f"{r['vs_numerical']:.1e}" for r in g["rows"]])
+    o = res["overfit"]
+    v |= {"overfit_n": o["n"], "overfit_epochs": f"{o['epochs']:.0f}", "overfit_eta": o["cfg"]["eta_max"],
+          "overfit_batch": o["cfg"]["n_batch"], "overfit_loss0": f"{o['history']['train_loss'][0]:.3f}",
+          "overfit_loss": f"{o['loss']:.4f}", "overfit_acc": pct(o["acc"])}
+    for key in ("fig3", "fig4", "final"):
+        r = res[key]
+        h = r["history"]
+        v |= {f"{key}_test": pct(r["test_acc"]), f"{key}_val": pct(h["val_acc"][-1]),
+              f"{key}_train": pct(h["train_acc"][-1]), f"{key}_ns": r["cfg"]["n_s"],
+              f"{key}_cycles": r["cfg"]["n_cycles"], f"{key}_ntrain": r["n_train"], f"{key}_nval": r["n_val"],
+              f"{key}_gap": f"{100 * (h['train_acc'][-1] - h['val_acc'][-1]):.1f}", f"{key}_lam": r["cfg"]["lam"],
+              f"{key}_evals": r["cfg"]["evals_per_cycle"],
+              f"{key}_epochs": f"{2 * r['cfg']['n_s'] * r['cfg']['n_cycles'] * r['cfg']['n_batch'] / r['n_train']:.0f}",
+              f"{key}_ends": ", ".join(str(2 * r["cfg"]["n_s"] * (i + 1)) for i in range(r["cfg"]["n_cycles"]))}
+        sd = res.get("seeds", {}).get(key)
+        v[f"{key}_seeds"] = (f"{100 * sd['mean']:.2f}% +- {100 * sd['std']:.2f} (mean +- std over seeds "
+                             f"{', '.join(map(str, sd['seeds']))}: {', '.join(pct(a) for a in sd['test_acc'])})"
+                             if sd else "not measured (run `python assignment2.py seeds`)")
+    v["final_lam"] = f"{res['final']['lam']:.3e}"
+    for key in ("coarse", "fine"):
+        r = res[key]
+        v |= {f"{key}_lo": f"{10 ** r['l_range'][0]:.2e}", f"{key}_hi": f"{10 ** r['l_range'][1]:.2e}",
+              f"{key}_l": f"[{r['l_range'][0]:.2f}, {r['l_range'][1]:.2f}]", f"{key}_cycles": r["n_cycles"],
+              f"{key}_ns": r["n_s"], f"{key}_n": len(r["trials"]), f"{key}_ntrain": r["n_train"],
+              f"{key}_nval": r["n_val"],
+              f"{key}_diverged": sum(t["diverged"] for t in r["trials"]),
+              f"{key}_se": f"{100 * math.sqrt(r['top3'][0]['val_acc'] * (1 - r['top3'][0]['val_acc']) / r['n_val']):.1f}",
+              f"{key}_spread": f"{100 * (max(t['val_acc'] for t in r['top3']) - min(t['val_acc'] for t in r['trials'] if not t['diverged'])):.1f}"}
+        v[f"{key}_top3"] = "\n".join(
+            ["    rank  lam         val acc (final)  val acc (best point)  eta_min  eta_max  n_s   cycles  batch  m"] +
+            [f"    {i + 1:<5} {t['lam']:.3e}   {pct(t['val_acc']):<16} {pct(t['best_val_acc']):<21} "
+             f"{c['eta_min']:<8g} {c['eta_max']:<8g} {c['n_s']:<5} {c['n_cycles']:<7} {c['n_batch']:<6} {c['m']}"
+             for i, t in enumerate(r["top3"]) for c in [t["cfg"]]])
+        v[f"{key}_all"] = "; ".join(f"{t['lam']:.1e}: {pct(t['val_acc'])}" for t in sorted(r["trials"],
+                                                                                             key=lambda t: t["lam"]))
+    v["timings_table"] = "\n".join(f"    {k:<10} {s:7.1f} s" for k, s in timings.items())
+    return v
+
+
+def _layout_pdf(text: str, base_dir: Path, pdf_path: Path) -> int:
+    """Lay out a small Markdown subset on A4 pages: # headings, paragraphs, '- ' bullets, 4-space monospace blocks
+    and ![caption](png) images. Returns the number of pages."""
+    plt = _pyplot()
+    import textwrap
+    from matplotlib.backends.backend_pdf import PdfPages
+    W, Hp, margin = 8.27, 11.69, 0.75  # inches
+    pages, state = 0, {"fig": None, "y": 0.0}
+
+    def new_page():
+        nonlocal pages
+        if state["fig"] is not None:
+            pdf.savefig(state["fig"])
+            plt.close(state["fig"])
+        state["fig"], state["y"] = plt.figure(figsize=(W, Hp)), Hp - margin
+        pages += 1
+
+    def room(h):
+        if state["y"] - h < margin:
+            new_page()
+
+    def line(s, size, weight="normal", family="sans-serif", indent=0.0, gap=1.35):
+        h = size * gap / 72
+        room(h)
+        state["y"] -= h
+        state["fig"].text((margin + indent) / W, state["y"] / Hp, s, fontsize=size, weight=weight, family=family,
+                          va="baseline")
+
+    def image(path, caption):
+        img = plt.imread(base_dir / path)
+        w = min(W - 2 * margin, img.shape[1] / 120 * 0.7)  # figures are saved at 120 dpi
+        h = w * img.shape[0] / img.shape[1]
+        room(h + 0.35)
+        ax = state["fig"].add_axes(((W - w) / 2 / W, (state["y"] - h) / Hp, w / W, h / Hp))
+        ax.imshow(img)
+        ax.axis("off")
+        state["y"] -= h + 0.05
+        for part in textwrap.wrap(caption, 110):
+            line(part, 8, family="sans-serif", indent=0.2)
+        state["y"] -= 0.1
+
+    with PdfPages(pdf_path) as pdf:
+        new_page()
+        para: list[str] = []
+
+        def flush():
+            if para:
+                for part in textwrap.wrap(" ".join(para), 100):
+                    line(part, 9.5)
+                state["y"] -= 0.06
+                para.clear()
+
+        for raw in text.replace("`", "").splitlines():  # code spans are plain text on paper
+            if raw.startswith("    "):
+                flush()
+                line(raw[4:], 7.8, family="monospace", indent=0.1, gap=1.3)
+            elif not raw.strip():
+                flush()
+            elif raw.startswith("#"):
+                flush()
+                level = len(raw) - len(raw.lstrip("#"))
+                room(1.2)  # keep a heading with what follows it
+                state["y"] -= 0.08
+                for part in textwrap.wrap(raw.lstrip("#").strip(), {1: 60, 2: 80}.get(level, 90)):
+                    line(part, {1: 15, 2: 12.5}.get(level, 10.5), weight="bold")
+                state["y"] -= 0.04
+            elif raw.startswith("!["):
+                flush()
+                caption, path = raw[2:].split("](")
+                image(path.rstrip(")"), caption)
+            elif raw.startswith("- "):
+                flush()
+                for i, part in enumerate(textwrap.wrap(raw[2:], 96)):
+                    line(("- " if i == 0 else "  ") + part, 9.5, indent=0.1)
+            else:
+                para.append(raw.strip())
+        flush()
+        pdf.savefig(state["fig"])
+        plt.close(state["fig"])
+    return pages
+
+
+def build_report(out_dir: Path, template: Path = PROJECT_DIR / "report" / "report.md") -> Path:
+    """report/report.pdf under out_dir, from the template with every {name} filled in from results.json."""
+    results_path = Path(out_dir) / "results.json"
+    if not results_path.is_file():
+        raise DataError(f"{results_path}: not found; run `python assignment2.py` (then `seeds`) before `report`")
+    res = json.loads(results_path.read_text())
+    missing = [k for k in ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final") if k not in res]
+    if missing:
+        raise DataError(f"{results_path}: no results for {', '.join(missing)}; run those steps first")
+    timings_path = Path(out_dir) / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    text = template.read_text().format_map(report_values(res, timings))
+    pdf = Path(out_dir) / "report" / "report.pdf"
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    _layout_pdf(text, Path(out_dir), pdf)
+    return pdf
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -702,7 +862,8 @@ class Context:
     plan: Plan
     seed: int
     dtype: str
-    results: dict
+    results: dict  # what this run computed
+    stored: dict = field(default_factory=dict)  # results.json of an earlier run with the same seed, quick and dtype
     log: object = print
     cache: dict = field(default_factory=dict)  # batch files and normalised splits, each loaded once per run
 
@@ -728,10 +889,18 @@ class Context:
         return self.cache[key]
 
     def need(self, step: str) -> dict:
-        """The result of an earlier step of this run, computing it first if this run has not."""
+        """The result of a step this one depends on: from this run, else from results.json, else computed now."""
         if step not in self.results:
-            self.results[step] = STEPS[step](self)
+            self.results[step] = self.stored[step] if step in self.stored else STEPS[step](self)
         return self.results[step]
+
+    def train_and_test(self, which: str, cfg: Config, rng: np.random.Generator, name: str, log=None):
+        """Train a fresh network on the splits `which` and evaluate the test set once: (history, test accuracy)."""
+        tr, va, te = self.data(which)
+        params, hist = run(tr, va, cfg, rng, log=log or self.log, name=f"{name} ")
+        test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
+        self.log(f"{name}: test accuracy {test_acc:.4f}")
+        return hist, test_acc
 
     def figure(self, name: str) -> Path:
         (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -764,11 +933,9 @@ def step_overfit(ctx: Context) -> dict:
 
 
 def _figure_step(ctx: Context, key: str, cfg: Config, title: str) -> dict:
-    tr, va, te = ctx.data("batch12")
+    tr, va, _ = ctx.data("batch12")
     cfg = replace(cfg, dtype=ctx.dtype)
-    params, hist = run(tr, va, cfg, stage_rng(ctx.seed, key), log=ctx.log, name=f"{key} ")
-    test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
-    ctx.log(f"{key}: test accuracy {test_acc:.4f}")
+    hist, test_acc = ctx.train_and_test("batch12", cfg, stage_rng(ctx.seed, key), key)
     plot_curves(hist, ctx.figure(f"{key}.png"), f"{title}: test accuracy {100 * test_acc:.2f}%")
     plot_schedule(cfg, ctx.figure(f"{key}_schedule.png"))
     return {"cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
@@ -790,7 +957,7 @@ def _search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict
     base = Config(n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=n_cycles, eval_train=False,
                   dtype=ctx.dtype)
     trials = search(stage, lams, base, tr, va, ctx.seed, ctx.out_dir / f"search_{stage}.jsonl", ctx.log)
-    trials = [{k: v for k, v in t.items() if k not in ("key", "cfg")} for t in trials]
+    trials = [{k: v for k, v in t.items() if k != "key"} for t in trials]
     top3 = top_trials(trials)
     for t in top3:
         ctx.log(f"{stage} top: lam={t['lam']:.4e} val acc {t['val_acc']:.4f}")
@@ -821,19 +988,35 @@ def step_final(ctx: Context) -> dict:
     best = top_trials(ctx.need("fine")["trials"], 1)
     if not best:
         raise Diverged("every fine-search trial diverged; no lam to train with")
-    tr, va, te = ctx.data("final")
+    tr, va, _ = ctx.data("final")
     cfg = Config(lam=best[0]["lam"], n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=ctx.plan.final_cycles,
                  dtype=ctx.dtype)
-    params, hist = run(tr, va, cfg, stage_rng(ctx.seed, "final"), log=ctx.log, name="final ")
-    test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
-    ctx.log(f"final: lam={cfg.lam:.4e}, test accuracy {test_acc:.4f}")
+    hist, test_acc = ctx.train_and_test("final", cfg, stage_rng(ctx.seed, "final"), "final")
     plot_curves(hist, ctx.figure("final.png"),
                 f"Final run (lam={cfg.lam:.2e}, {tr.n} training images): test accuracy {100 * test_acc:.2f}%")
     return {"lam": cfg.lam, "cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
 
 
+def step_seeds(ctx: Context) -> dict:
+    """Mean and spread of the test accuracies of Figures 3 and 4 and the final run over plan.n_seeds seeds: the run's
+    own seed and the next ones, same settings (the final run keeps the lam its search chose)."""
+    out = {}
+    for key, which in (("fig3", "batch12"), ("fig4", "batch12"), ("final", "final")):
+        base = ctx.need(key)
+        cfg = Config(**base["cfg"])
+        seeds, accs = [ctx.seed], [base["test_acc"]]
+        for s in range(ctx.seed + 1, ctx.seed + ctx.plan.n_seeds):
+            accs.append(ctx.train_and_test(which, cfg, stage_rng(s, key), f"{key} seed {s}", log=lambda m: None)[1])
+            seeds.append(s)
+        out[key] = {"seeds": seeds, "test_acc": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1))}
+        ctx.log(f"seeds {key}: test accuracy {100 * out[key]['mean']:.2f} +- {100 * out[key]['std']:.2f}% "
+                f"over seeds {seeds}")
+    return out
+
+
 STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit, "fig3": step_fig3, "fig4": step_fig4,
          "coarse": step_coarse, "fine": step_fine, "final": step_final}
+EXTRA_STEPS = {"seeds": step_seeds}  # not part of the default run: python assignment2.py seeds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -849,8 +1032,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                "  coarse     lam on a log grid over [1e-5, 1e-1], 45,000/5,000 images, 2 cycles\n"
                "  fine       random lam around the best coarse value, 3 cycles (runs coarse first if needed)\n"
                "  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)\n"
-               "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those.")
-    p.add_argument("step", nargs="?", default="all", choices=["all", *STEPS], help="run one step alone (default: all)")
+               "  seeds      (not in 'all') Figures 3, 4 and the final run again with 2 more seeds: mean and spread\n"
+               "  report     (not in 'all') report/report.pdf from results.json, figures/ and report/report.md\n"
+               "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those. A single step\n"
+               "reuses the results.json of an earlier run with the same seed, --quick and dtype for what it needs.")
+    p.add_argument("step", nargs="?", default="all", choices=["all", *STEPS, *EXTRA_STEPS, "report"],
+                   help="run one step alone (default: all)")
     p.add_argument("--data-dir", help="folder of the CIFAR-10 python batches (default: $CIFAR10_DIR, else "
                                       "data/cifar-10-batches-py, downloaded there if missing)")
     p.add_argument("--out-dir", default=str(PROJECT_DIR), help="where figures/ and the results go (default: %(default)s)")
@@ -865,33 +1052,39 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     results_path, timings_path = out_dir / "results.json", out_dir / "timings.json"
     try:
+        if args.step == "report":
+            pdf = build_report(out_dir)
+            print(f"wrote {pdf}")
+            return 0
         data_dir, is_default = resolve_data_dir(args.data_dir)
         data_dir = ensure_data(data_dir, is_default)
         out_dir.mkdir(parents=True, exist_ok=True)
         plan = quick_plan() if args.quick else Plan()
         header = {"seed": args.seed, "quick": args.quick, "dtype": "float64" if args.float64 else "float32"}
-        old = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        if args.step == "all" or {k: old.get(k) for k in header} != header:
-            results_path.unlink(missing_ok=True)  # a fresh run (search trials stay in search_*.jsonl)
+        stored = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        if args.step == "all" or {k: stored.get(k) for k in header} != header:
+            stored = {}  # a fresh run (finished search trials stay in search_*.jsonl)
+            results_path.unlink(missing_ok=True)
             timings_path.unlink(missing_ok=True)
         for k, v in header.items():
             update_json(results_path, k, v)
-        ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"], results={})
+        ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"], results={}, stored=stored)
         steps = list(STEPS) if args.step == "all" else [args.step]
         t_start = time.perf_counter()
         for step in steps:
             print(f"== {step}", flush=True)
             t0 = time.perf_counter()
-            ctx.need(step)
+            ctx.results[step] = (STEPS | EXTRA_STEPS)[step](ctx)
             seconds = time.perf_counter() - t0
-            for done in ctx.results:  # need() may have run earlier steps too
+            for done in ctx.results:  # a step may have computed the steps it depends on too
                 results = update_json(results_path, done, ctx.results[done])
             timings = update_json(timings_path, step, round(seconds, 2))
             (out_dir / "results.txt").write_text(format_results(results, timings))
             print(f"== {step} took {seconds:.1f} s", flush=True)
         total = time.perf_counter() - t_start
-        timings = update_json(timings_path, "total", round(total, 2))
-        (out_dir / "results.txt").write_text(format_results(results, timings))
+        if args.step == "all":
+            timings = update_json(timings_path, "total", round(total, 2))
+            (out_dir / "results.txt").write_text(format_results(results, timings))
         print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {results_path}, {out_dir / 'figures'}")
         return 0
     except (DataError, ConfigError, Diverged) as e:

@@ -1,5 +1,6 @@
 """The program as a user runs it: import safety, --help, clear errors, the --quick pipeline end to end."""
 import json
+import re
 import subprocess
 import sys
 
@@ -71,13 +72,35 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert {"fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png", "fig3_schedule.png"} <= figures
     assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(res["coarse"]["trials"])
 
+    # the spread over seeds, then the report from these results
+    out = run_program("seeds", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    seeds = json.loads((outs[0] / "results.json").read_text())["seeds"]
+    assert seeds["final"]["seeds"] == [3, 4] and seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
+    out = run_program("report", "--out-dir", str(outs[0]))
+    assert out.returncode == 0, out.stderr
+    pdf = (outs[0] / "report" / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and int(re.search(rb"/Count (\d+)", pdf).group(1)) >= 3
 
-def test_a_single_step_resumes_the_search(shared_data, tmp_path):
+
+def test_single_steps_reuse_results_and_search_trials(shared_data, tmp_path):
     args = ("--quick", "--data-dir", str(shared_data), "--out-dir", str(tmp_path))
     first = run_program("coarse", *args)
     assert first.returncode == 0, first.stderr
-    again = run_program("fine", *args)
+    coarse = json.loads((tmp_path / "results.json").read_text())["coarse"]
+    fine = run_program("fine", *args)  # takes the coarse result from results.json
+    assert fine.returncode == 0, fine.stderr
+    assert "coarse" not in fine.stdout.replace("coarse search", "")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res) >= {"coarse", "fine"} and "fig3" not in res and res["coarse"] == coarse
+    (tmp_path / "results.json").unlink()
+    again = run_program("fine", *args)  # recomputes coarse, from its finished trials
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("kept from search_coarse.jsonl") == 3
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"coarse", "fine"} and "fig3" not in res
+    assert json.loads((tmp_path / "results.json").read_text())["coarse"] == coarse
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    out = run_program("report", "--out-dir", str(tmp_path))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "results.json: not found" in out.stderr
