@@ -59,6 +59,20 @@ class Config:
     evals_per_cycle: int = 10  # points on the training curves per cycle
     eval_train: bool = True  # evaluate the full training set at every point (searches only need it at the end)
     dtype: str = "float32"  # training precision; gradient checks always use float64
+    # Exercise 5 (the defaults leave them off, so the runs above are the spec's)
+    p_drop: float = 0.0  # probability of dropping a hidden unit in training (inverted dropout)
+    flip: bool = False  # mirror each training image left-right with probability 1/2
+    shift: int = 0  # translate each training image by tx, ty in [-shift, shift] pixels, edges replicated
+    optimizer: str = "sgd"  # sgd (eqs. 10-11), nesterov, adam
+    schedule: str = "cyclic"  # cyclic (eqs. 14-15), linear (eta_max down to 0), range (eta_min up to eta_max)
+    momentum: float = 0.9  # Nesterov momentum
+    beta1: float = 0.9  # Adam's decay of the first moment
+    beta2: float = 0.999  # Adam's decay of the second moment
+    eps: float = 1e-8  # Adam's guard against division by zero
+
+
+OPTIMIZERS = ("sgd", "nesterov", "adam")
+SCHEDULES = ("cyclic", "linear", "range")
 
 
 class ConfigError(ValueError):
@@ -92,6 +106,16 @@ def check_config(cfg: Config, n_train: int) -> None:
         problems.append(f"n_batch={cfg.n_batch} must be between 1 and the {n_train} training images")
     if cfg.dtype not in ("float32", "float64"):
         problems.append(f"dtype={cfg.dtype!r} must be 'float32' or 'float64'")
+    if not 0 <= cfg.p_drop < 1:
+        problems.append(f"p_drop={cfg.p_drop} must be in [0, 1)")
+    if not 0 <= cfg.shift <= 8:
+        problems.append(f"shift={cfg.shift} must be between 0 and 8 pixels")
+    if cfg.optimizer not in OPTIMIZERS:
+        problems.append(f"optimizer={cfg.optimizer!r} must be one of {OPTIMIZERS}")
+    if cfg.schedule not in SCHEDULES:
+        problems.append(f"schedule={cfg.schedule!r} must be one of {SCHEDULES}")
+    if not (0 <= cfg.momentum < 1 and 0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1 and cfg.eps > 0):
+        problems.append("need 0 <= momentum, beta1, beta2 < 1 and eps > 0")
     if problems:
         raise ConfigError("invalid hyper-parameters: " + "; ".join(problems))
 
@@ -286,10 +310,13 @@ def softmax(S: np.ndarray) -> np.ndarray:
     return E / E.sum(axis=0, keepdims=True)
 
 
-def forward(X: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Eqs. (1-4): P (K, n) and the hidden activations H (m, n) that the backward pass needs."""
+def forward(X: np.ndarray, params: dict, drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eqs. (1-4): P (K, n) and the hidden activations H (m, n) that the backward pass needs.
+    drop: inverted-dropout mask (m, n) of 0 and 1/(1-p) multiplying H in training (Exercise 5); None at evaluation."""
     S1 = (X.T @ params["W1"].T).T  # (m, n) = W1 X; written transposed, OpenBLAS picks a faster kernel for it
     H = np.maximum(S1 + params["b1"], 0)  # (m, n), eqs. 1-2
+    if drop is not None:
+        H *= drop
     S = params["W2"] @ H + params["b2"]  # (K, n), eq. 3
     return softmax(S), H  # eq. 4
 
@@ -326,10 +353,11 @@ def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int 
 # Gradients and checks (Exercise 2)
 
 def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params: dict, lam: float,
-             out: dict | None = None) -> dict:
+             out: dict | None = None, drop: np.ndarray | None = None) -> dict:
     """Eqs. (12-13): gradients of the mini-batch cost J with respect to every parameter.
     With one-hot Y, dJ/dS = (P - Y) / n; y is used instead of Y to avoid building the one-hot matrix.
-    out: arrays shaped like params to write the gradients into (the trainer reuses one set every step)."""
+    out: arrays shaped like params to write the gradients into (the trainer reuses one set every step).
+    drop: the dropout mask forward() used, if any."""
     n = X.shape[1]
     grads = out if out is not None else {k: np.empty_like(v) for k, v in params.items()}  # W1 keeps its F order
     G = P.copy()  # (K, n)
@@ -339,6 +367,8 @@ def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params:
     np.sum(G, axis=1, keepdims=True, out=grads["b2"])  # (K, 1)
     G = params["W2"].T @ G  # (m, n)
     G *= H > 0  # ReLU passes the gradient where it was active
+    if drop is not None:
+        G *= drop  # dH/dS1 = drop where the ReLU was active
     np.matmul(X, G.T, out=grads["W1"].T)  # (d, m) view of the (m, d) gradient G X^T: the faster kernel again
     np.sum(G, axis=1, keepdims=True, out=grads["b1"])  # (m, 1)
     if lam:
@@ -347,16 +377,16 @@ def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params:
     return grads
 
 
-def grads_analytic(X, y, params, lam) -> dict:
-    P, H = forward(X, params)
-    return backward(X, y, P, H, params, lam)
+def grads_analytic(X, y, params, lam, drop=None) -> dict:
+    P, H = forward(X, params, drop)
+    return backward(X, y, P, H, params, lam, drop=drop)
 
 
-def grads_numerical(X, y, params, lam, h=1e-4) -> dict:
+def grads_numerical(X, y, params, lam, h=1e-4, drop=None) -> dict:
     """Centred finite differences of the cost, one parameter entry at a time (float64, small sizes only).
     h=1e-4 balances truncation (h**2) against rounding (eps / h) error best on the spec's small setting."""
     def J():
-        return cross_entropy(forward(X, params)[0], y) + penalty(params, lam)
+        return cross_entropy(forward(X, params, drop)[0], y) + penalty(params, lam)
     grads = {}
     for k, p in params.items():
         g = np.zeros_like(p)
@@ -419,6 +449,69 @@ def cyclic_eta(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
     return eta_max - (r - n_s) / n_s * (eta_max - eta_min)  # eq. 15
 
 
+def learning_rate(t: int, cfg: Config) -> float:
+    """eta at update step t under cfg.schedule: the cyclic rate of eqs. 14-15, a linear decay from eta_max to 0 over
+    the run (for Nesterov momentum, Exercise 5), or a linear rise from eta_min to eta_max (the range test)."""
+    total = 2 * cfg.n_s * cfg.n_cycles
+    if cfg.schedule == "cyclic":
+        return cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
+    if cfg.schedule == "linear":
+        return cfg.eta_max * (1 - t / total)
+    return cfg.eta_min + t / total * (cfg.eta_max - cfg.eta_min)
+
+
+def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
+    """The training images laid out once for augmentation (Exercise 5): each (3, 32, 32) image padded by `shift`
+    pixels on every side by repeating its edge pixels, and with flip stacked with its mirror image:
+    (1 or 2, n, 3, 32 + 2 shift, 32 + 2 shift). Costs (1 or 2) x (1 + shift/16)^2 times the memory of XT."""
+    n = XT.shape[0]
+    padded = np.pad(XT.reshape(n, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
+    return np.stack([padded, padded[..., ::-1]]) if flip else padded[None]
+
+
+def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
+    """Images idx, image i taken mirrored if f[i] = 1 and cut out at offset (oy[i], ox[i]) of its padded copy, i.e.
+    moved down by shift - oy[i] and right by shift - ox[i] pixels: (B, D). windows is
+    sliding_window_view(augment_source(...), (32, 32), axis=(3, 4)); one gather for the batch, no per-image loop."""
+    return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
+
+
+def optimizer_state(params: dict, cfg: Config) -> dict:
+    """What the optimiser carries between steps: nothing (SGD), a velocity (Nesterov), two moments (Adam)."""
+    zeros = lambda: {k: np.zeros_like(v) for k, v in params.items()}
+    return {"sgd": dict, "nesterov": zeros, "adam": lambda: {"m": zeros(), "v": zeros()}}[cfg.optimizer]()
+
+
+def update(params: dict, grads: dict, state: dict, eta: float, t: int, cfg: Config) -> None:
+    """One optimiser step, in place. grads holds the gradient of the loss only; the L2 term of eq. 12 enters here
+    (and grads is used as scratch space)."""
+    if cfg.optimizer == "sgd":  # eqs. 10-12: W - eta (dL/dW + 2 lam W) = (1 - 2 eta lam) W - eta dL/dW
+        for k in params:
+            if cfg.lam and k.startswith("W"):
+                params[k] *= 1 - 2 * eta * cfg.lam
+            grads[k] *= eta
+            params[k] -= grads[k]
+        return
+    for k, g in grads.items():
+        if cfg.lam and k.startswith("W"):
+            g += (2 * cfg.lam) * params[k]  # eq. 12
+        if cfg.optimizer == "nesterov":  # as torch.optim.SGD(nesterov=True): v <- mu v + g, step along g + mu v
+            v = state[k]
+            v *= cfg.momentum
+            v += g
+            g += cfg.momentum * v
+            g *= eta
+            params[k] -= g
+        else:  # Adam (Kingma and Ba, 2015) with bias-corrected moments
+            m, v = state["m"][k], state["v"][k]
+            m *= cfg.beta1
+            m += (1 - cfg.beta1) * g
+            v *= cfg.beta2
+            v += (1 - cfg.beta2) * g * g
+            m_hat, v_hat = m / (1 - cfg.beta1 ** (t + 1)), v / (1 - cfg.beta2 ** (t + 1))
+            params[k] -= eta * m_hat / (np.sqrt(v_hat) + cfg.eps)
+
+
 def eval_steps(cfg: Config) -> list[int]:
     """Update steps after which the curves are recorded: 0, then evals_per_cycle evenly spaced points per cycle."""
     total = 2 * cfg.n_s * cfg.n_cycles
@@ -447,7 +540,7 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
         skip = not cfg.eval_train and t != total
         tr = dict.fromkeys(va, math.nan) if skip else evaluate(XT.T, y, params, cfg.lam)
         hist["step"].append(t)
-        hist["eta"].append(cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s))
+        hist["eta"].append(learning_rate(t, cfg))
         for q in ("cost", "loss", "acc"):
             hist[f"train_{q}"].append(None if skip else tr[q])
             hist[f"val_{q}"].append(va[q])
@@ -457,21 +550,26 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
             raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}")
 
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
+    state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
+    if cfg.flip or cfg.shift:
+        from numpy.lib.stride_tricks import sliding_window_view
+        windows = sliding_window_view(augment_source(XT, cfg.flip, cfg.shift), (32, 32), axis=(3, 4))
     with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
         record(0)
         for t in range(total):
             if t % per_epoch == 0:
                 perm = rng.permutation(n)
             idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
-            Xb = XT[idx].T  # (d, B), Fortran-ordered
-            P, H = forward(Xb, params)
-            backward(Xb, y[idx], P, H, params, 0.0, out=grads)  # the loss part; the L2 part is the decay below
-            eta = cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
-            for k in params:  # eqs. 10-12 in place: W - eta (dL/dW + 2 lam W) = (1 - 2 eta lam) W - eta dL/dW
-                if cfg.lam and k.startswith("W"):
-                    params[k] *= 1 - 2 * eta * cfg.lam
-                grads[k] *= eta
-                params[k] -= grads[k]
+            if cfg.flip or cfg.shift:  # one draw per image: mirror or not, and the offset of its crop
+                f, oy, ox = rng.integers(0, windows.shape[0], B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
+                Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
+            else:
+                Xr = XT[idx]  # (B, d)
+            Xb = Xr.T  # (d, B), Fortran-ordered
+            drop = None if not cfg.p_drop else (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)  # (m, B)
+            P, H = forward(Xb, params, drop)
+            backward(Xb, y[idx], P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds the L2 part
+            update(params, grads, state, learning_rate(t, cfg), t, cfg)
             if t + 1 in checkpoints:
                 record(t + 1)
     return hist

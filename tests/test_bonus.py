@@ -1,0 +1,152 @@
+"""Exercise 5's pieces: augmentation, dropout, Nesterov momentum, Adam and the learning-rate range test."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+import assignment2 as a
+
+
+def images(n=6, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal((n, a.D)).astype(dtype)  # (n, D), one image per row
+
+
+def windows_of(XT, flip, shift):
+    return sliding_window_view(a.augment_source(XT, flip, shift), (32, 32), axis=(3, 4))
+
+
+def moved(XT, flip, shift, f, tx, ty):
+    """Every image of XT mirrored (f = 1) and moved right by tx, down by ty, through augmented_batch."""
+    n = XT.shape[0]
+    full = lambda v: np.full(n, v)
+    return a.augmented_batch(windows_of(XT, flip, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
+
+
+def reference(XT, mirror, tx, ty):
+    """The same transform written plainly, one image at a time, with np.roll and explicit edge filling."""
+    out = []
+    for x in XT.reshape(-1, 3, 32, 32):
+        x = x[..., ::-1] if mirror else x
+        r, c = np.clip(np.arange(32) - ty, 0, 31), np.clip(np.arange(32) - tx, 0, 31)
+        out.append(x[:, r][:, :, c].ravel())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("f,tx,ty", [(0, 0, 0), (1, 0, 0), (0, 2, -1), (1, -3, 3), (0, 3, 0), (1, 0, -2)])
+def test_augmented_batch_matches_a_plain_reference(f, tx, ty):
+    XT = images()
+    out = moved(XT, True, 3, f, tx, ty)
+    assert out.shape == XT.shape and out.dtype == XT.dtype
+    np.testing.assert_array_equal(out, reference(XT, f, tx, ty))
+
+
+def test_a_flip_twice_is_the_identity():
+    XT = images()
+    once = moved(XT, True, 0, 1, 0, 0)
+    assert not np.array_equal(once, XT)
+    np.testing.assert_array_equal(moved(once, True, 0, 1, 0, 0), XT)
+
+
+@pytest.mark.parametrize("tx,ty", [(3, 2), (-1, 3), (-3, -3), (2, 0)])
+def test_a_shift_and_its_inverse_restore_the_interior(tx, ty):
+    XT = images()
+    back = moved(moved(XT, False, 3, 0, tx, ty), False, 3, 0, -tx, -ty).reshape(-1, 3, 32, 32)
+    orig = XT.reshape(-1, 3, 32, 32)
+    inner = (slice(None), slice(None), slice(abs(ty), 32 - abs(ty)), slice(abs(tx), 32 - abs(tx)))
+    np.testing.assert_array_equal(back[inner], orig[inner])
+
+
+def test_shifted_pixels_really_move():
+    XT = np.zeros((1, a.D), np.float32)
+    XT[0, 5 * 32 + 7] = 1  # channel 0, row 5, column 7
+    out = moved(XT, False, 3, 0, 2, 3).reshape(3, 32, 32)  # right by 2, down by 3
+    assert out[0, 8, 9] == 1 and out.sum() == 1
+
+
+def test_training_with_augmentation_draws_every_transform(monkeypatch):
+    seen = []
+    real = a.augmented_batch
+    monkeypatch.setattr(a, "augmented_batch", lambda w, idx, f, oy, ox: (seen.append((f, oy, ox)), real(w, idx, f, oy, ox))[1])
+    rng = np.random.default_rng(0)
+    tr = a.Split(np.asfortranarray(rng.standard_normal((a.D, 200), dtype=np.float32)), rng.integers(0, 10, 200))
+    a.run(tr, tr, a.Config(m=5, n_s=20, n_batch=50, flip=True, shift=3, eval_train=False), rng, log=lambda s: None)
+    f, oy, ox = (np.concatenate(x) for x in zip(*seen))
+    assert set(f) == {0, 1} and set(oy) == set(ox) == set(range(7))
+
+
+def test_dropout_keeps_the_expected_activation_and_is_off_at_evaluation():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 2000))
+    params = a.init_params(30, 40, rng)
+    _, H = a.forward(X, params)
+    p = 0.3
+    drop = (rng.random(H.shape) >= p) / (1 - p)
+    _, Hd = a.forward(X, params, drop)
+    assert np.mean(Hd == 0) == pytest.approx(np.mean(H == 0) + p * np.mean(H > 0), abs=0.01)
+    np.testing.assert_allclose(Hd.mean(), H.mean(), rtol=0.03)  # inverted dropout: same expected activation
+    before = a.evaluate(X, np.zeros(2000, int), params, 0.0)
+    cfg = a.Config(m=40, p_drop=0.5, n_s=10, n_batch=100, eval_train=False)
+    tr = a.Split(np.asfortranarray(X), rng.integers(0, 10, 2000))
+    params2 = a.init_params(30, 40, np.random.default_rng(2))
+    hist = a.train(params2, tr, tr, cfg, np.random.default_rng(3), log=lambda s: None)
+    assert hist["val_acc"][-1] == a.evaluate(X, tr.y, params2, 0.0)["acc"]  # evaluation runs without dropout
+    assert before["loss"] > 0
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1])
+def test_dropout_gradients_with_a_fixed_mask(lam):
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((8, 6)), rng.integers(0, 10, 6)
+    params = a.init_params(8, 7, rng)
+    params["b1"] += 0.3
+    drop = (rng.random((7, 6)) >= 0.4) / 0.6
+    assert np.abs(params["W1"] @ X + params["b1"]).min() > 1e-3  # no ReLU kink within reach of h
+    ours = a.grads_analytic(X, y, params, lam, drop)
+    numerical = a.grads_numerical(X, y, params, lam, drop=drop)
+    for k in params:
+        assert a.rel_error(ours[k], numerical[k]) < 1e-6, k
+
+
+@pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
+@pytest.mark.parametrize("lam", [0.0, 0.01])
+def test_optimisers_match_torch_optim(optimizer, lam):
+    import torch
+    rng = np.random.default_rng(5)
+    params = {k: v.astype(np.float64) for k, v in a.init_params(6, 4, rng).items()}
+    cfg = a.Config(optimizer=optimizer, lam=lam)
+    tparams = [torch.tensor(v.copy(), requires_grad=True) for v in params.values()]
+    groups = [{"params": [tp for k, tp in zip(params, tparams) if k.startswith("W")], "weight_decay": 2 * lam},
+              {"params": [tp for k, tp in zip(params, tparams) if k.startswith("b")], "weight_decay": 0.0}]
+    if optimizer == "nesterov":  # eq. 7 penalises the weights only: lam W^2 has gradient 2 lam W
+        opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.Adam(groups, lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    state = a.optimizer_state(params, cfg)
+    for t in range(6):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+        for tp, g in zip(tparams, grads.values()):
+            tp.grad = torch.tensor(g.copy())
+        opt.step()
+        a.update(params, grads, state, 0.05, t, cfg)
+        for tp, v in zip(tparams, params.values()):
+            np.testing.assert_allclose(v, tp.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_schedules():
+    cfg = a.Config(eta_min=1e-5, eta_max=0.2, n_s=50, n_cycles=2)  # 200 steps
+    lin, rng_test = replace(cfg, schedule="linear"), replace(cfg, schedule="range")
+    assert a.learning_rate(0, lin) == 0.2 and a.learning_rate(100, lin) == pytest.approx(0.1)
+    assert a.learning_rate(200, lin) == pytest.approx(0.0)
+    assert a.learning_rate(0, rng_test) == 1e-5 and a.learning_rate(200, rng_test) == pytest.approx(0.2)
+    steps = [a.learning_rate(t, rng_test) for t in range(201)]
+    np.testing.assert_allclose(np.diff(steps), (0.2 - 1e-5) / 200)
+    assert a.learning_rate(50, cfg) == a.cyclic_eta(50, 1e-5, 0.2, 50)
+
+
+@pytest.mark.parametrize("change,message", [(dict(p_drop=1.0), "p_drop"), (dict(shift=40), "shift"),
+                                            (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="cos"), "schedule"),
+                                            (dict(momentum=1.0), "momentum")])
+def test_invalid_bonus_settings_refused(change, message):
+    with pytest.raises(a.ConfigError, match=message):
+        a.check_config(replace(a.Config(), **change), 1000)
