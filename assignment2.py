@@ -603,6 +603,18 @@ class Plan:
     fine_cycles: int = 3
     final_cycles: int = 3
     n_seeds: int = 3  # seeds behind the mean and spread of the `seeds` step
+    # Exercise 5 (the `bonus` step), all on the final run's 49,000 / 1,000 split
+    bonus_m: int = 1000  # hidden units of the wide network
+    bonus_range: tuple = (1e-5, 0.5)  # eta rises linearly over this range in the range test
+    bonus_range_epochs: int = 2  # length of the range test
+    bonus_lams: tuple = (1e-4, 1e-3, 1e-2)  # lam tried for the wide network
+    bonus_lam_cycles: int = 2  # cycles per wide-lam trial
+    bonus_cycles: int = 3  # the ablation's budget: cycles of n_s = 2 epochs per row
+    bonus_p_drop: float = 0.3  # dropout probability of the hidden units
+    bonus_shift: int = 3  # translations tx, ty in [-3, 3], as the spec suggests
+    bonus_adam_eta: float = 1e-3  # Adam's suggested step size (Kingma and Ba)
+    bonus_best_m: int = 2000  # the best ablation row, wider ...
+    bonus_best_cycles: int = 5  # ... and longer
     gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
 
 
@@ -612,12 +624,15 @@ def quick_plan() -> Plan:
     return Plan(fig3=Config(**small), fig4=Config(**small, n_cycles=2),
                 overfit=replace(Plan.overfit, n_s=100), overfit_n=20, limit=2000, n_val_search=500,
                 n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1, n_seeds=2,
+                bonus_m=30, bonus_lams=(1e-4, 1e-2), bonus_lam_cycles=1, bonus_cycles=1, bonus_best_m=40,
+                bonus_best_cycles=1,
                 gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)))
 
 
 def stage_rng(seed: int, stage: str, trial: int = 0) -> np.random.Generator:
     """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it skipped."""
-    stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams")
+    stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams",
+              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best")
     return np.random.default_rng([seed, stages.index(stage), trial])
 
 
@@ -638,34 +653,50 @@ def read_trials(path: Path) -> list[dict]:
     return trials
 
 
-def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
-           log=print) -> list[dict]:
-    """Train one network per lam and append each finished trial to path (JSON lines) at once.
-    Trials already in path with the same settings, seed and index are reused, not rerun."""
+def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split, seed: int, path: Path, log=print,
+               test_set: Split | None = None, names: list[str] | None = None, keep_history: bool = False) -> list[dict]:
+    """Train one fresh network per config and append each finished trial to path (JSON lines) at once; with test_set,
+    evaluate the test set once per trained network. Trials already in path with the same settings, seed and index
+    are reused, not rerun, so an interrupted run resumes where it stopped."""
     done = {json.dumps(t["key"], sort_keys=True): t for t in read_trials(path) if "key" in t}
     trials = []
-    for i, lam in enumerate(lams):
-        cfg = replace(base, lam=float(lam))
+    for i, cfg in enumerate(cfgs):
+        name = names[i] if names else f"lam={cfg.lam:.3e}"
         key = {"stage": stage, "trial": i, "seed": seed, "n_train": train_set.n, "n_val": val_set.n, **asdict(cfg)}
-        tag = f"{stage} {i + 1}/{len(lams)} lam={lam:.3e}"
+        key |= {"test": True} if test_set is not None else {}
+        tag = f"{stage} {i + 1}/{len(cfgs)} {name}"
         if (hit := done.get(json.dumps(key, sort_keys=True))) is not None:
             log(f"{tag}: kept from {path.name}, val acc {hit['val_acc']}")
             trials.append(hit)
             continue
         t0 = time.perf_counter()
+        trial = {"name": name} if names else {}
+        trial |= {"lam": cfg.lam, "diverged": False}
         try:
-            _, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=lambda s: None)
-            trial = {"lam": cfg.lam, "val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
-                     "train_acc": hist["train_acc"][-1], "diverged": False}
+            params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=lambda s: None)
+            trial |= {"val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
+                      "train_acc": hist["train_acc"][-1]}
+            if test_set is not None:
+                trial["test_acc"] = evaluate(test_set.X, test_set.y, params, cfg.lam)["acc"]
+            if keep_history:
+                trial["history"] = hist
         except Diverged as e:
             log(f"{tag}: {e}")
-            trial = {"lam": cfg.lam, "val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
-        trial |= {"seed": seed, "trial": i, "cfg": asdict(cfg), "key": key}
+            trial |= {"val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
+        trial |= {"seconds": round(time.perf_counter() - t0, 1), "seed": seed, "trial": i, "cfg": asdict(cfg),
+                  "key": key}
         with open(path, "a") as f:
             f.write(json.dumps(trial) + "\n")
-        log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']}), {time.perf_counter() - t0:.1f} s")
+        log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']})"
+            + (f", test acc {trial['test_acc']}" if "test_acc" in trial else "") + f", {trial['seconds']} s")
         trials.append(trial)
     return trials
+
+
+def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
+           log=print) -> list[dict]:
+    """One trial per lam with the other settings of base (the coarse and fine searches of Exercise 4)."""
+    return run_trials(stage, [replace(base, lam=float(lam)) for lam in lams], train_set, val_set, seed, path, log)
 
 
 def top_trials(trials: list[dict], k: int = 3) -> list[dict]:
@@ -699,7 +730,7 @@ def plot_curves(hist: dict, path: Path, title: str) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
     for ax, q in zip(axes, ("cost", "loss", "acc")):
-        ax.plot(hist["step"], hist[f"train_{q}"], "o-", ms=3, label="training")
+        ax.plot(hist["step"], np.array(hist[f"train_{q}"], float), "o-", ms=3, label="training")  # None: not measured
         ax.plot(hist["step"], hist[f"val_{q}"], "o-", ms=3, label="validation")
         ax.set(xlabel="update step", ylabel={"acc": "accuracy"}.get(q, q), title=q if q != "acc" else "accuracy")
         ax.grid(alpha=0.3)
@@ -734,6 +765,42 @@ def plot_search(trials: list[dict], path: Path, title: str) -> None:
     ax.set(xlabel="lambda", ylabel="validation accuracy", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
+    """Smith's learning-rate range test: validation accuracy while eta rises linearly."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(hist["eta"], hist["val_acc"], "o-", ms=3)
+    ax.axvline(eta_best, color="gray", ls="--", label=f"chosen eta_max = {eta_best:.3g}")
+    ax.set(xlabel="learning rate eta", ylabel="validation accuracy", title="learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
+    """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    plt = _pyplot()
+    n = XT.shape[0]
+    windows = sliding_window_view(augment_source(XT.astype(np.float32), True, shift), (32, 32), axis=(3, 4))
+    full = lambda v: np.full(n, v)
+    rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
+            (f"left {shift}, down {shift}", 0, -shift, shift), (f"mirrored, up {shift}", 1, 0, -shift)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
+    for r, (label, f, tx, ty) in enumerate(rows):
+        batch = augmented_batch(windows, np.arange(n), full(f), full(shift - ty), full(shift - tx))  # (n, D)
+        for c in range(n):
+            axes[r, c].imshow(batch[c].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.uint8))
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("augmentation: edge pixels fill the uncovered border")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1055,7 +1122,7 @@ def _search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict
     base = Config(n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=n_cycles, eval_train=False,
                   dtype=ctx.dtype)
     trials = search(stage, lams, base, tr, va, ctx.seed, ctx.out_dir / f"search_{stage}.jsonl", ctx.log)
-    trials = [{k: v for k, v in t.items() if k != "key"} for t in trials]
+    trials = [{k: v for k, v in t.items() if k not in ("key", "seconds")} for t in trials]  # reproducible fields
     top3 = top_trials(trials)
     for t in top3:
         ctx.log(f"{stage} top: lam={t['lam']:.4e} val acc {t['val_acc']:.4f}")
@@ -1112,9 +1179,76 @@ def step_seeds(ctx: Context) -> dict:
     return out
 
 
+def step_bonus(ctx: Context) -> dict:
+    """Exercise 5 on the final run's split: a range test for eta_max, lam for the wide net, an ablation on one budget
+    (baseline; + width; + dropout; + mirroring; + translations; Nesterov and Adam instead of cyclic SGD), then the
+    best row wider and longer. Selection on validation only; each trained network meets the test set once.
+    Every trial goes to bonus.jsonl as it finishes; a rerun resumes."""
+    p, path = ctx.plan, ctx.out_dir / "bonus.jsonl"
+    tr, va, te = ctx.data("final")
+    ns, lam50 = search_ns(p, tr.n, Config.n_batch), ctx.need("final")["lam"]
+    plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), p.bonus_shift)
+
+    per_epoch = tr.n // Config.n_batch
+    rt_cfg = Config(m=p.bonus_m, lam=lam50, eta_min=p.bonus_range[0], eta_max=p.bonus_range[1],
+                    n_s=per_epoch * p.bonus_range_epochs // 2, schedule="range", evals_per_cycle=20, eval_train=False)
+    rt = run_trials("bonus_range", [rt_cfg], tr, va, ctx.seed, path, ctx.log, names=["range test"],
+                    keep_history=True)[0]
+    eta_max = rt["history"]["eta"][int(np.argmax(rt["history"]["val_acc"]))]  # where validation accuracy peaks
+    plot_range_test(rt["history"], ctx.figure("bonus_range_test.png"), eta_max)
+    ctx.log(f"bonus: range test puts eta_max at {eta_max:.4g}")
+
+    wide = Config(m=p.bonus_m, eta_max=eta_max, n_s=ns, n_cycles=p.bonus_lam_cycles, eval_train=False)
+    lam_trials = run_trials("bonus_lam", [replace(wide, lam=lam) for lam in p.bonus_lams], tr, va, ctx.seed, path,
+                            ctx.log)
+    lam_w = top_trials(lam_trials, 1)[0]["lam"]
+
+    base = Config(lam=lam50, n_s=ns, n_cycles=p.bonus_cycles, eval_train=False)
+    wide = replace(base, m=p.bonus_m, lam=lam_w, eta_max=eta_max)
+    drop = replace(wide, p_drop=p.bonus_p_drop)
+    flip = replace(drop, flip=True)
+    aug = replace(flip, shift=p.bonus_shift)
+    rows = {"baseline (m=50)": base, f"+ width (m={p.bonus_m})": wide, f"+ dropout {p.bonus_p_drop}": drop,
+            "+ mirroring": flip, f"+ translations (+-{p.bonus_shift})": aug,
+            # momentum 0.9 takes steps about 1 / (1 - 0.9) times eta: start at eta_max / 10 for the same reach
+            "Nesterov, linear decay": replace(aug, optimizer="nesterov", schedule="linear",
+                                              eta_max=eta_max * (1 - aug.momentum)),
+            "Adam, linear decay": replace(aug, optimizer="adam", schedule="linear", eta_max=p.bonus_adam_eta)}
+    ablation = run_trials("bonus_ablation", list(rows.values()), tr, va, ctx.seed, path, ctx.log, test_set=te,
+                          names=list(rows))
+    winner = top_trials(ablation, 1)[0]
+    best_cfg = replace(Config(**winner["cfg"]), m=p.bonus_best_m, n_cycles=p.bonus_best_cycles)
+    best = run_trials("bonus_best", [best_cfg], tr, va, ctx.seed, path, ctx.log, test_set=te,
+                      names=[f"{winner['name']}, m={p.bonus_best_m}, {p.bonus_best_cycles} cycles"],
+                      keep_history=True)[0]
+    if not best["diverged"]:
+        plot_curves(best["history"], ctx.figure("bonus_best.png"),
+                    f"{best['name']}: test accuracy {100 * best['test_acc']:.2f}%")
+    clean = lambda t: {k: v for k, v in t.items() if k not in ("key", "history")}
+    return {"n_train": tr.n, "n_val": va.n, "range_test": {"eta_max": eta_max, "cfg": rt["cfg"], "eta": rt["history"]["eta"],
+                           "val_acc": rt["history"]["val_acc"]},
+            "wide_lam": [clean(t) for t in lam_trials], "lam_wide": lam_w,
+            "ablation": [clean(t) for t in ablation], "best": clean(best)}
+
+
+def format_bonus(res: dict) -> str:
+    """results_bonus.txt: the Exercise 5 numbers for people."""
+    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
+    out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; selection on validation "
+           "only; training times in seconds on this machine)", "",
+           f"Range test: eta from {res['range_test']['cfg']['eta_min']:g} to {res['range_test']['cfg']['eta_max']:g}, "
+           f"validation accuracy peaks at eta = {res['range_test']['eta_max']:.4g} (used as eta_max)", "",
+           "Wide-network lam: " + ", ".join(f"{t['lam']:g}: {pct(t['val_acc'])}" for t in res["wide_lam"])
+           + f" -> lam = {res['lam_wide']:g}", "",
+           f"{'ablation (same budget)':<34} {'val acc':>8} {'test acc':>9} {'time s':>8}"]
+    for t in res["ablation"] + [res["best"]]:
+        out.append(f"{t['name']:<34} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} {t['seconds']:>8.0f}")
+    return "\n".join(out) + "\n"
+
+
 STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit, "fig3": step_fig3, "fig4": step_fig4,
          "coarse": step_coarse, "fine": step_fine, "final": step_final}
-EXTRA_STEPS = {"seeds": step_seeds}  # not part of the default run: python assignment2.py seeds
+EXTRA_STEPS = {"seeds": step_seeds, "bonus": step_bonus}  # not in the default run: python assignment2.py seeds
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1131,6 +1265,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                "  fine       random lam around the best coarse value, 3 cycles (runs coarse first if needed)\n"
                "  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)\n"
                "  seeds      (not in 'all') Figures 3, 4 and the final run again with 2 more seeds: mean and spread\n"
+               "  bonus      (not in 'all') Exercise 5: range test, wide nets, dropout, augmentation, Nesterov, Adam;\n"
+               "             writes results_bonus.json / .txt and bonus.jsonl (resumable)\n"
                "  report     (not in 'all') report/report.pdf from results.json, figures/ and report/report.md\n"
                "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those. A single step\n"
                "reuses the results.json of an earlier run with the same seed, --quick and dtype for what it needs.")
@@ -1174,6 +1310,10 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             ctx.results[step] = (STEPS | EXTRA_STEPS)[step](ctx)
             seconds = time.perf_counter() - t0
+            if step == "bonus":  # Exercise 5 keeps its own files
+                bonus = ctx.results.pop(step)
+                (out_dir / "results_bonus.json").write_text(json.dumps(bonus, indent=1) + "\n")
+                (out_dir / "results_bonus.txt").write_text(format_bonus(bonus))
             for done in ctx.results:  # a step may have computed the steps it depends on too
                 results = update_json(results_path, done, ctx.results[done])
             timings = update_json(timings_path, step, round(seconds, 2))

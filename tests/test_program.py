@@ -77,6 +77,14 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr
     seeds = json.loads((outs[0] / "results.json").read_text())["seeds"]
     assert seeds["final"]["seeds"] == [3, 4] and seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
+    out = run_program("bonus", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    bonus = json.loads((outs[0] / "results_bonus.json").read_text())
+    assert len(bonus["ablation"]) == 7 and all("test_acc" in t for t in bonus["ablation"])
+    assert bonus["range_test"]["eta_max"] in bonus["range_test"]["eta"]
+    assert "Adam, linear decay" in (outs[0] / "results_bonus.txt").read_text()
+    assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png"} <= {p.name for p in (outs[0] / "figures").iterdir()}
+    assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
     out = run_program("report", "--out-dir", str(outs[0]))
     assert out.returncode == 0, out.stderr
     pdf = (outs[0] / "report" / "report.pdf").read_bytes()
