@@ -525,8 +525,9 @@ def eval_steps(cfg: Config) -> list[int]:
 
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
           log=print, name: str = "") -> dict:
-    """Mini-batch GD with the cyclic learning rate, 2 * n_s * n_cycles update steps, reshuffled every epoch.
-    Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
+    """Mini-batch gradient descent for 2 * n_s * n_cycles update steps, reshuffled every epoch: by default the spec's
+    SGD with the cyclic learning rate; cfg can switch on Exercise 5's augmentation, dropout, Nesterov momentum, Adam and
+    the other schedules. Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
     sets at eval_steps(cfg). Raises Diverged if the cost stops being finite."""
     check_config(cfg, train_set.n)
     dtype = np.dtype(cfg.dtype)
