@@ -813,6 +813,11 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     plt.close(fig)
 
 
+def pct(acc: float | None) -> str:
+    """An accuracy for people; None marks a diverged run."""
+    return "diverged" if acc is None else f"{100 * acc:.2f}%"
+
+
 def update_json(path: Path, key: str, value) -> dict:
     """Set one top-level key of a JSON file, keeping the others (each step of the program writes its own key)."""
     data = json.loads(path.read_text()) if path.is_file() else {}
@@ -825,7 +830,6 @@ def update_json(path: Path, key: str, value) -> dict:
 
 def format_results(res: dict, timings: dict) -> str:
     """results.txt: the numbers of results.json for people."""
-    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
     out = [f"DD2424 Assignment 2 results (seed {res.get('seed')}{', QUICK smoke-test sizes' if res.get('quick') else ''})",
            ""]
     if "gradcheck" in res:
@@ -874,7 +878,6 @@ def format_results(res: dict, timings: dict) -> str:
 
 def report_values(res: dict, timings: dict) -> dict:
     """The named numbers and tables that report/report.md refers to as {name}."""
-    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
     v = {"seed": res["seed"], "dtype": res["dtype"], "quick_note": ""}
     if res.get("quick"):
         v["quick_note"] = "NOTE: made from a --quick smoke-test run with tiny sizes; its numbers are not results."
@@ -1009,7 +1012,6 @@ def _layout_pdf(text: str, base_dir: Path, pdf_path: Path) -> int:
 
 def bonus_values(bonus: dict, seed: int, quick: bool, lam50: float) -> dict:
     """The named numbers and tables that report/bonus.md refers to as {name}."""
-    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
     rows, best, rt = bonus["ablation"], bonus["best"], bonus["range_test"]
     v = {"seed": seed, "n_train": bonus["n_train"], "n_val": bonus["n_val"], "m_wide": rows[1]["cfg"]["m"],
          "shift": rows[4]["cfg"]["shift"], "range_lo": f"{rt['cfg']['eta_min']:g}", "range_hi": f"{rt['cfg']['eta_max']:g}",
@@ -1287,7 +1289,6 @@ def step_bonus(ctx: Context) -> dict:
 
 def format_bonus(res: dict) -> str:
     """results_bonus.txt: the Exercise 5 numbers for people."""
-    pct = lambda a: "diverged" if a is None else f"{100 * a:.2f}%"
     out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; selection on validation "
            "only; training times in seconds on this machine)", "",
            f"Range test: eta from {res['range_test']['cfg']['eta_min']:g} to {res['range_test']['cfg']['eta_max']:g}, "
