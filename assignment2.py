@@ -63,6 +63,7 @@ class Config:
     p_drop: float = 0.0  # probability of dropping a hidden unit in training (inverted dropout)
     flip: bool = False  # mirror each training image left-right with probability 1/2
     shift: int = 0  # translate each training image by tx, ty in [-shift, shift] pixels, edges replicated
+    pca: int = 0  # train W1 within the top-pca principal directions of the training images (0: all of pixel space)
     optimizer: str = "sgd"  # sgd (eqs. 10-11), nesterov, adam
     schedule: str = "cyclic"  # cyclic (eqs. 14-15), linear (eta_max down to 0), range (eta_min up to eta_max)
     momentum: float = 0.9  # Nesterov momentum
@@ -112,6 +113,8 @@ def check_config(cfg: Config, n_train: int) -> None:
         problems.append(f"dtype={cfg.dtype!r} must be 'float32' or 'float64'")
     if not 0 <= cfg.p_drop < 1:
         problems.append(f"p_drop={cfg.p_drop} must be in [0, 1)")
+    if not 0 <= cfg.pca <= D:
+        problems.append(f"pca={cfg.pca} must be between 0 (off) and {D}")
     if not 0 <= cfg.shift <= 8:
         problems.append(f"shift={cfg.shift} must be between 0 and 8 pixels")
     if cfg.optimizer not in OPTIMIZERS:
@@ -464,6 +467,15 @@ def learning_rate(t: int, cfg: Config) -> float:
     return cfg.eta_min + t / total * (cfg.eta_max - cfg.eta_min)
 
 
+def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
+    """The k directions of largest variance of the zero-mean training images XT (n, d), as orthonormal columns, the
+    largest first: (d, k). Exercise 5 trains wide networks with W1 = V U^T, V (m, k): a two-layer network whose
+    first layer sees only these directions (k = 512 keeps 99% of CIFAR-10's pixel variance), at k/d of the cost."""
+    C = (XT.T @ XT).astype(np.float64) / XT.shape[0]  # (d, d) covariance; normalise() made every pixel zero-mean
+    _, U = np.linalg.eigh(C)  # eigenvalues ascending
+    return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
+
+
 def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
     """The training images laid out once for augmentation (Exercise 5): each (3, 32, 32) image padded by `shift`
     pixels on every side by repeating its edge pixels, and with flip stacked with its mirror image:
@@ -554,29 +566,43 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
         if not math.isfinite(va["cost"]) or not (skip or math.isfinite(tr["cost"])):
             raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}", hist)
 
-    grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
-    state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
-    if cfg.flip or cfg.shift:
+    augment = cfg.flip or cfg.shift
+    if augment:
         from numpy.lib.stride_tricks import sliding_window_view
         windows = sliding_window_view(augment_source(XT, cfg.flip, cfg.shift), (32, 32), axis=(3, 4))
-    with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
-        record(0)
-        for t in range(total):
-            if t % per_epoch == 0:
-                perm = rng.permutation(n)
-            idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
-            if cfg.flip or cfg.shift:  # one draw per image: mirror or not, and the offset of its crop
-                f, oy, ox = rng.integers(0, windows.shape[0], B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
-                Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
-            else:
-                Xr = XT[idx]  # (B, d)
-            Xb = Xr.T  # (d, B), Fortran-ordered
-            drop = None if not cfg.p_drop else (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)  # (m, B)
-            P, H = forward(Xb, params, drop)
-            backward(Xb, y[idx], P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds the L2 part
-            update(params, grads, state, learning_rate(t, cfg), t, cfg)
-            if t + 1 in checkpoints:
-                record(t + 1)
+    basis = None
+    if cfg.pca:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
+        if cfg.pca > XT.shape[1]:
+            raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
+        basis = pca_basis(XT, cfg.pca)  # (d, k)
+        params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k); drops any part of W1 outside the subspace
+        XT, Xv = XT @ basis, basis.T @ Xv  # (n, k), (k, n_val); ||V|| = ||W1|| keeps the penalty as it was
+    grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
+    state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
+            record(0)
+            for t in range(total):
+                if t % per_epoch == 0:
+                    perm = rng.permutation(n)
+                idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
+                if augment:  # one draw per image: mirror or not, and the offset of its crop
+                    f, oy, ox = rng.integers(0, windows.shape[0], B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
+                    Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
+                    if basis is not None:
+                        Xr = Xr @ basis  # (B, k)
+                else:
+                    Xr = XT[idx]  # (B, d) or (B, k)
+                Xb = Xr.T  # (d, B), Fortran-ordered
+                drop = None if not cfg.p_drop else (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)  # (m, B)
+                P, H = forward(Xb, params, drop)
+                backward(Xb, y[idx], P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds L2
+                update(params, grads, state, learning_rate(t, cfg), t, cfg)
+                if t + 1 in checkpoints:
+                    record(t + 1)
+    finally:
+        if basis is not None:  # params always leave as a plain two-layer network on pixels
+            params["W1"] = np.asfortranarray(params["W1"] @ basis.T)  # (m, d)
     return hist
 
 
@@ -620,6 +646,12 @@ class Plan:
     bonus_adam_eta: float = 1e-3  # Adam's suggested step size (Kingma and Ba)
     bonus_best_m: int = 2000  # the best ablation row, wider ...
     bonus_best_cycles: int = 5  # ... and longer
+    bonus_pca: int = 512  # principal directions W1 is trained in for the long runs (99% of the pixel variance)
+    bonus_long_m: int = 4000  # hidden units of the long runs
+    bonus_select: tuple = ((1e-5, 0.3), (1e-4, 0.3), (5e-4, 0.3), (1e-4, 0.5))  # (lam, p_drop), on 45,000 / 5,000
+    bonus_select_cycles: int = 2  # cycles of n_s = 2 epochs per selection trial
+    bonus_long_ns_epochs: int = 6  # the final long run: n_s = 6 epochs ...
+    bonus_long_cycles: int = 4  # ... for 4 cycles, 48 epochs
     gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
 
 
@@ -630,14 +662,15 @@ def quick_plan() -> Plan:
                 overfit=replace(Plan.overfit, n_s=100), overfit_n=20, limit=2000, n_val_search=500,
                 n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1, n_seeds=2,
                 bonus_m=30, bonus_lams=(1e-4, 1e-2), bonus_lam_cycles=1, bonus_cycles=1, bonus_best_m=40,
-                bonus_best_cycles=1,
+                bonus_best_cycles=1, bonus_pca=64, bonus_long_m=60, bonus_select=((1e-4, 0.3), (1e-3, 0.5)),
+                bonus_select_cycles=1, bonus_long_ns_epochs=1, bonus_long_cycles=1,
                 gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)))
 
 
 def stage_rng(seed: int, stage: str, trial: int = 0) -> np.random.Generator:
     """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it skipped."""
     stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams",
-              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best")
+              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best", "bonus_pca", "bonus_select", "bonus_long")
     return np.random.default_rng([seed, stages.index(stage), trial])
 
 
@@ -1280,11 +1313,33 @@ def step_bonus(ctx: Context) -> dict:
     if not best["diverged"]:
         plot_curves(best["history"], ctx.figure("bonus_best.png"),
                     f"{best['name']}: test accuracy {100 * best['test_acc']:.2f}%")
+
+    # Wider and longer for less: W1 trained in the top principal directions. First the same budget as the ablation's
+    # "+ translations" row with only that changed; then lam and dropout for a wide net chosen on 5,000 validation
+    # images, and one long run of the winner on 49,000 / 1,000.
+    pca_row = run_trials("bonus_pca", [replace(aug, pca=p.bonus_pca)], tr, va, ctx.seed, path, ctx.log, test_set=te,
+                         names=[f"+ translations, W1 in top {p.bonus_pca} PCs"])[0]
+    s_tr, s_va, _ = ctx.data("search")
+    big = replace(aug, m=p.bonus_long_m, pca=p.bonus_pca, n_s=search_ns(p, s_tr.n, aug.n_batch),
+                  n_cycles=p.bonus_select_cycles)
+    select = run_trials("bonus_select", [replace(big, lam=lam, p_drop=pd) for lam, pd in p.bonus_select], s_tr, s_va,
+                        ctx.seed, path, ctx.log, names=[f"lam={lam:g}, p_drop={pd:g}" for lam, pd in p.bonus_select])
+    pick = Config(**top_trials(select, 1)[0]["cfg"])
+    long_cfg = replace(pick, n_s=p.bonus_long_ns_epochs * per_epoch, n_cycles=p.bonus_long_cycles, evals_per_cycle=4)
+    epochs = 2 * long_cfg.n_s * long_cfg.n_cycles // per_epoch
+    long = run_trials("bonus_long", [long_cfg], tr, va, ctx.seed, path, ctx.log, test_set=te, keep_history=True,
+                      names=[f"m={pick.m}, top {pick.pca} PCs, lam={pick.lam:g}, p_drop={pick.p_drop:g}, "
+                             f"{epochs} epochs"])[0]
+    if not long["diverged"]:
+        plot_curves(long["history"], ctx.figure("bonus_long.png"),
+                    f"{long['name']}: test accuracy {100 * long['test_acc']:.2f}%")
     clean = lambda t: {k: v for k, v in t.items() if k not in ("key", "history")}
     return {"n_train": tr.n, "n_val": va.n, "range_test": {"eta_max": eta_max, "cfg": rt["cfg"], "eta": rt["history"]["eta"],
                            "val_acc": rt["history"]["val_acc"]},
             "wide_lam": [clean(t) for t in lam_trials], "lam_wide": lam_w,
-            "ablation": [clean(t) for t in ablation], "best": clean(best)}
+            "ablation": [clean(t) for t in ablation], "best": clean(best), "pca_row": clean(pca_row),
+            "n_train_select": s_tr.n, "n_val_select": s_va.n, "select": [clean(t) for t in select],
+            "long": clean(long)}
 
 
 def format_bonus(res: dict) -> str:
@@ -1298,6 +1353,14 @@ def format_bonus(res: dict) -> str:
            f"{'ablation (same budget)':<34} {'val acc':>8} {'test acc':>9} {'time s':>8}"]
     for t in res["ablation"] + [res["best"]]:
         out.append(f"{t['name']:<34} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} {t['seconds']:>8.0f}")
+    if "long" in res:
+        t = res["pca_row"]
+        out += ["", f"Same budget as '+ translations', W1 in the top {t['cfg']['pca']} principal directions: val "
+                f"{pct(t['val_acc'])}, test {pct(t['test_acc'])}, {t['seconds']:.0f} s", "",
+                f"Wide net (m={res['select'][0]['cfg']['m']}) chosen on {res['n_train_select']} / "
+                f"{res['n_val_select']} images: " + ", ".join(f"{t['name']}: {pct(t['val_acc'])}" for t in res["select"]),
+                "", f"Long run: {res['long']['name']}: val {pct(res['long']['val_acc'])}, "
+                f"test {pct(res['long'].get('test_acc'))}, {res['long']['seconds']:.0f} s"]
     return "\n".join(out) + "\n"
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py            # m=50 on 49,000 images, then m=1000 on 10,000 images
     python benchmarks/bench_train.py --repeats 3 --skip-wide
+    python benchmarks/bench_train.py --augment  # m=50: the augmented (mirror + shift) epoch against the plain one
 
 All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the cyclic schedule.
 The project's epoch is timed through assignment2.run(), the code path the program uses: a run of three epochs minus a
@@ -28,12 +29,13 @@ def synthetic(n, rng, d=a.D):
     return a.Split(X, rng.integers(0, a.K, n))
 
 
-def project_epoch(tr, va, m, B):
-    """Seconds for one epoch of assignment2's training: (run(3 epochs) - run(1 epoch)) / 2."""
+def project_epoch(tr, va, m, B, **extra):
+    """Seconds for one epoch of assignment2's training: (run(3 epochs) - run(1 epoch)) / 2. extra: Config fields
+    such as flip, shift or p_drop (Exercise 5)."""
     per_epoch = tr.n // B
     times, steps = [], []
     for n_s in (3 * per_epoch // 2, per_epoch // 2):  # one cycle of 2 n_s steps: 3 epochs, then 1
-        cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False)
+        cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **extra)
         t0 = time.perf_counter()
         a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None)
         times.append(time.perf_counter() - t0)
@@ -84,11 +86,30 @@ def stats(xs):
     return statistics.median(xs), min(xs)
 
 
+def augment_ratio(repeats, m=50, n=49000, B=100):
+    """Exercise 5's target: an epoch with mirroring and +-3 pixel shifts against a plain epoch, same process,
+    interleaved. The augmented run also builds its padded, mirrored copy of the training set once per run; that
+    cost is in the first epoch and cancels out of run(3) - run(1), as in training it is paid once."""
+    rng = np.random.default_rng(0)
+    tr, va = synthetic(n, rng), synthetic(1000, rng)
+    plain, aug = [], []
+    for _ in range(repeats):
+        plain.append(project_epoch(tr, va, m, B))
+        aug.append(project_epoch(tr, va, m, B, flip=True, shift=3))
+    (p_med, p_min), (a_med, a_min) = stats(plain), stats(aug)
+    print(f"m={m}, {n} images: plain epoch {p_med:.3f}/{p_min:.3f} s, augmented epoch {a_med:.3f}/{a_min:.3f} s "
+          f"(median/min)")
+    print(f"plain_s={p_med:.3f} augmented_s={a_med:.3f} augmented_ratio={a_med / p_med:.3f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-wide", action="store_true", help="skip the m=1000 case")
+    p.add_argument("--augment", action="store_true", help="only time the augmented epoch against the plain one")
     args = p.parse_args(argv)
+    if args.augment:
+        return augment_ratio(args.repeats)
     import torch
     torch.set_num_threads(2)  # the project's numpy uses both cores through OpenBLAS; give torch the same
     rng = np.random.default_rng(0)

@@ -144,7 +144,52 @@ def test_schedules():
     assert a.learning_rate(50, cfg) == a.cyclic_eta(50, 1e-5, 0.2, 50)
 
 
+def low_rank_split(d=40, n=300, rank=6, seed=7, dtype=np.float64):
+    """Zero-mean data whose variance lies in `rank` directions plus a little noise: (d, n)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((d, rank)) @ rng.standard_normal((rank, n)) * 3 + 0.1 * rng.standard_normal((d, n))
+    X -= X.mean(axis=1, keepdims=True)
+    return a.Split(np.asfortranarray(X.astype(dtype)), rng.integers(0, 10, n))
+
+
+def test_pca_basis_is_orthonormal_and_ordered_by_variance():
+    s = low_rank_split()
+    U = a.pca_basis(np.ascontiguousarray(s.X.T), 8)
+    assert U.shape == (40, 8)
+    np.testing.assert_allclose(U.T @ U, np.eye(8), atol=1e-10)
+    var = ((U.T @ s.X) ** 2).mean(axis=1)  # variance along each direction, (8,)
+    assert np.all(np.diff(var) <= 0)
+    _, sv, Vt = np.linalg.svd(s.X.T, full_matrices=False)  # the same directions from an SVD, up to sign
+    np.testing.assert_allclose(np.abs(U.T @ Vt[:8].T), np.eye(8), atol=1e-6)
+
+
+def test_training_in_the_full_pca_basis_equals_plain_training():
+    """With k = d the basis is a rotation: gradient steps, the penalty and dropout commute with it, so training in it
+    must give the same network back in pixel space."""
+    s = low_rank_split()
+    cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, p_drop=0.2, dtype="float64", eval_train=True)
+    runs = [a.run(s, s, replace(cfg, pca=k), np.random.default_rng(3), log=lambda t: None) for k in (0, 40)]
+    (p0, h0), (p1, h1) = runs
+    assert p1["W1"].shape == (9, 40)
+    for k in p0:
+        np.testing.assert_allclose(p1[k], p0[k], atol=1e-9)
+    np.testing.assert_allclose(h1["train_cost"], h0["train_cost"], rtol=1e-9)
+
+
+def test_training_in_a_pca_subspace_keeps_w1_in_it():
+    s = low_rank_split()
+    cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, dtype="float64", pca=6)
+    params, hist = a.run(s, s, cfg, np.random.default_rng(3), log=lambda t: None)
+    U = a.pca_basis(np.ascontiguousarray(s.X.T), 6)
+    W1 = params["W1"]  # (m, d), back in pixel space
+    assert W1.shape == (9, 40)
+    np.testing.assert_allclose(W1 - W1 @ U @ U.T, 0, atol=1e-12)
+    assert hist["val_acc"][-1] == a.evaluate(s.X, s.y, params, cfg.lam)["acc"]  # evaluation used the same network
+    assert hist["val_cost"][-1] == pytest.approx(a.evaluate(s.X, s.y, params, cfg.lam)["cost"], rel=1e-9)
+
+
 @pytest.mark.parametrize("change,message", [(dict(p_drop=1.0), "p_drop"), (dict(shift=40), "shift"),
+                                            (dict(pca=-1), "pca"), (dict(pca=a.D + 1), "pca"),
                                             (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="cos"), "schedule"),
                                             (dict(momentum=1.0), "momentum")])
 def test_invalid_bonus_settings_refused(change, message):

@@ -83,7 +83,12 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert len(bonus["ablation"]) == 7 and all("test_acc" in t for t in bonus["ablation"])
     assert bonus["range_test"]["eta_max"] in bonus["range_test"]["eta"]
     assert "Adam, linear decay" in (outs[0] / "results_bonus.txt").read_text()
-    assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png"} <= {p.name for p in (outs[0] / "figures").iterdir()}
+    assert len(bonus["select"]) == 2 and bonus["n_val_select"] == 500  # chosen on the search split's validation
+    assert bonus["long"]["cfg"]["pca"] == 64 and 0.1 < bonus["long"]["test_acc"] < 1
+    assert bonus["long"]["cfg"]["lam"] == max(bonus["select"], key=lambda t: t["val_acc"])["cfg"]["lam"]
+    assert "Long run" in (outs[0] / "results_bonus.txt").read_text()
+    assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png"} <= {
+        p.name for p in (outs[0] / "figures").iterdir()}
     assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
     out = run_program("report", "--out-dir", str(outs[0]))
     assert out.returncode == 0, out.stderr
