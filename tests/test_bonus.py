@@ -57,6 +57,24 @@ def test_a_shift_and_its_inverse_restore_the_interior(tx, ty):
     np.testing.assert_array_equal(back[inner], orig[inner])
 
 
+def test_mirror_images_is_the_training_flip_and_its_own_inverse():
+    XT = images()
+    X = np.asfortranarray(XT.T)  # (D, n)
+    np.testing.assert_array_equal(a.mirror_images(X), moved(XT, True, 0, 1, 0, 0).T)
+    np.testing.assert_array_equal(a.mirror_images(a.mirror_images(X)), X)
+
+
+def test_mirrored_evaluation_averages_an_image_and_its_mirror():
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((a.D, 50)), rng.integers(0, 10, 50)
+    params = a.init_params(a.D, 20, rng)
+    both = a.evaluate(X, y, params, 0.0, mirror=True)
+    swapped = a.evaluate(a.mirror_images(X), y, params, 0.0, mirror=True)  # the same pairs, in the other order
+    assert swapped["acc"] == both["acc"] and swapped["loss"] == pytest.approx(both["loss"], rel=1e-12)
+    P = (a.forward(X, params)[0] + a.forward(a.mirror_images(X), params)[0]) / 2
+    assert both["acc"] == np.mean(np.argmax(P, axis=0) == y) != a.evaluate(X, y, params, 0.0)["acc"]
+
+
 def test_shifted_pixels_really_move():
     XT = np.zeros((1, a.D), np.float32)
     XT[0, 5 * 32 + 7] = 1  # channel 0, row 5, column 7
@@ -161,6 +179,13 @@ def test_pca_basis_is_orthonormal_and_ordered_by_variance():
     assert np.all(np.diff(var) <= 0)
     _, sv, Vt = np.linalg.svd(s.X.T, full_matrices=False)  # the same directions from an SVD, up to sign
     np.testing.assert_allclose(np.abs(U.T @ Vt[:8].T), np.eye(8), atol=1e-6)
+
+
+def test_pca_variance_kept():
+    s = low_rank_split()  # 6 strong directions plus noise of variance 0.01 in all 40
+    XT = np.ascontiguousarray(s.X.T)
+    assert a.pca_variance_kept(XT, 40) == pytest.approx(1.0)
+    assert 0.98 < a.pca_variance_kept(XT, 6) < 1 and a.pca_variance_kept(XT, 1) < a.pca_variance_kept(XT, 2)
 
 
 def test_training_in_the_full_pca_basis_equals_plain_training():
