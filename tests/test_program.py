@@ -86,7 +86,11 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert len(bonus["select"]) == 2 and bonus["n_val_select"] == 500  # chosen on the search split's validation
     assert bonus["long"]["cfg"]["pca"] == 64 and 0.1 < bonus["long"]["test_acc"] < 1
     assert bonus["long"]["cfg"]["lam"] == max(bonus["select"], key=lambda t: t["val_acc"])["cfg"]["lam"]
-    assert "Long run" in (outs[0] / "results_bonus.txt").read_text()
+    assert "Final model (highest validation accuracy)" in (outs[0] / "results_bonus.txt").read_text()
+    assert len(bonus["longs"]) == 2 and bonus["long"] in bonus["longs"]
+    assert 0.1 < bonus["long"]["test_acc_mirror"] < 1 and "val_acc_mirror" in bonus["long"]
+    saved = dict(np.load(outs[0] / "models" / "bonus_long_0.npz"))  # the long run's network, back in pixel space
+    assert saved["W1"].shape == (60, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
     assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png"} <= {
         p.name for p in (outs[0] / "figures").iterdir()}
     assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
