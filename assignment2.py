@@ -30,6 +30,7 @@ import pickle
 import sys
 import tarfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -490,20 +491,31 @@ def pca_variance_kept(XT: np.ndarray, k: int) -> float:
     return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
 
 
-def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
-    """The training images laid out once for augmentation (Exercise 5): each (3, 32, 32) image padded by `shift`
-    pixels on every side by repeating its edge pixels, and with flip stacked with its mirror image:
-    (1 or 2, n, 3, 32 + 2 shift, 32 + 2 shift). Costs (1 or 2) x (1 + shift/16)^2 times the memory of XT."""
-    n = XT.shape[0]
-    padded = np.pad(XT.reshape(n, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
-    return np.stack([padded, padded[..., ::-1]]) if flip else padded[None]
+def augment_source(XT: np.ndarray, shift: int) -> np.ndarray:
+    """The training images laid out once for augmentation (Exercise 5): every (3, 32, 32) image padded by `shift`
+    pixels on each side by repeating its edge pixels, and viewed as all its (32, 32) crops:
+    (n, 3, 2 shift + 1, 2 shift + 1, 32, 32), a view of (1 + shift/16)^2 times the memory of XT."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    n, s = XT.shape[0], shift
+    X = XT.reshape(n, 3, 32, 32)
+    padded = np.empty((n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)  # filled by hand: np.pad takes twice as long
+    padded[:, :, s:s + 32, s:s + 32] = X
+    padded[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
+    padded[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
+    padded[:, :, :, :s] = padded[:, :, :, s:s + 1]  # then the columns, corners included
+    padded[:, :, :, s + 32:] = padded[:, :, :, s + 31:s + 32]
+    return sliding_window_view(padded, (32, 32), axis=(2, 3))
 
 
 def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
-    """Images idx, image i taken mirrored if f[i] = 1 and cut out at offset (oy[i], ox[i]) of its padded copy, i.e.
-    moved down by shift - oy[i] and right by shift - ox[i] pixels: (B, D). windows is
-    sliding_window_view(augment_source(...), (32, 32), axis=(3, 4)); one gather for the batch, no per-image loop."""
-    return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
+    """Images idx, image i mirrored if f[i] = 1 and then moved down by shift - oy[i] and right by shift - ox[i] pixels:
+    (B, D). windows is augment_source(...); one gather of crops for the batch, then one flip of the mirrored ones,
+    no per-image loop. Mirroring after the crop needs the crop's column offset mirrored too: 2 shift - ox."""
+    f = f.astype(bool)
+    ox = np.where(f, windows.shape[3] - 1 - ox, ox)
+    crops = windows[idx, :, oy, ox]  # (B, 3, 32, 32), a new C-ordered array
+    crops[f] = crops[f][..., ::-1]
+    return crops.reshape(idx.size, D)
 
 
 def optimizer_state(params: dict, cfg: Config) -> dict:
@@ -549,13 +561,45 @@ def eval_steps(cfg: Config) -> list[int]:
     return sorted({0, total} | {round(i * every) for i in range(1, cfg.evals_per_cycle * cfg.n_cycles + 1)})
 
 
+def _nested(d: dict, prefix: str = ""):
+    """(path, array) for every array in a dict of arrays or of such dicts (params, optimizer state)."""
+    for k, v in d.items():
+        yield from _nested(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)]
+
+
+def save_progress(path: Path, tag: str, t: int, seconds: float, params: dict, state: dict,
+                  rng: np.random.Generator, perm: np.ndarray, hist: dict) -> None:
+    """Everything train() needs to go on from step t exactly as if it had not stopped; written atomically."""
+    meta = json.dumps({"tag": tag, "t": t, "seconds": seconds, "rng": rng.bit_generator.state, "hist": hist})
+    arrays = {f"params/{k}": v for k, v in _nested(params)} | {f"state/{k}": v for k, v in _nested(state)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(meta), perm=perm, **arrays)
+    os.replace(tmp, path)
+
+
+def load_progress(path: Path, tag: str) -> tuple | None:
+    """(meta, arrays) of a progress file written for the same run (tag), else None: a missing, foreign or damaged
+    file means starting from step 0."""
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return (meta, arrays) if meta.get("tag") == tag else None
+
+
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
-          log=print, name: str = "") -> dict:
+          log=print, name: str = "", progress: tuple[Path, str] | None = None) -> dict:
     """Mini-batch gradient descent for 2 * n_s * n_cycles update steps, reshuffled every epoch: by default the spec's
     SGD with the cyclic learning rate; cfg can switch on Exercise 5's augmentation, dropout, Nesterov momentum, Adam and
     the other schedules. Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
-    sets at eval_steps(cfg). Raises Diverged if the cost stops being finite."""
+    sets at eval_steps(cfg). Raises Diverged if the cost stops being finite.
+    progress = (path, tag): save the state at every evaluation point and, if path holds the state of a run with the
+    same tag, go on from there: an interrupted long run resumes instead of starting again."""
     check_config(cfg, train_set.n)
+    t_start = time.perf_counter()
     dtype = np.dtype(cfg.dtype)
     for k in params:
         params[k] = np.asarray(params[k], dtype)  # no-op when already in the training dtype
@@ -582,8 +626,7 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
 
     augment = cfg.flip or cfg.shift
     if augment:
-        from numpy.lib.stride_tricks import sliding_window_view
-        windows = sliding_window_view(augment_source(XT, cfg.flip, cfg.shift), (32, 32), axis=(3, 4))
+        windows = augment_source(XT, cfg.shift)  # (n, 3, 2 shift + 1, 2 shift + 1, 32, 32) view
     basis = None
     if cfg.pca:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
         if cfg.pca > XT.shape[1]:
@@ -593,15 +636,25 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
         XT, Xv = XT @ basis, basis.T @ Xv  # (n, k), (k, n_val); ||V|| = ||W1|| keeps the penalty as it was
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
     state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
+    start, seconds_before = 0, 0.0
+    if progress and (saved := load_progress(*progress)):
+        meta, arrays = saved
+        for k, v in [*_nested(params, "params/"), *_nested(state, "state/")]:
+            v[...] = arrays[k]  # in place, keeping each array's memory order
+        start, seconds_before, perm = meta["t"], meta["seconds"], arrays["perm"]
+        rng.bit_generator.state = meta["rng"]
+        hist.update(meta["hist"])
+        log(f"{name}resumed at step {start}/{total} from {progress[0].name}")
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
-            record(0)
-            for t in range(total):
+            if start == 0:
+                record(0)
+            for t in range(start, total):
                 if t % per_epoch == 0:
                     perm = rng.permutation(n)
                 idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
                 if augment:  # one draw per image: mirror or not, and the offset of its crop
-                    f, oy, ox = rng.integers(0, windows.shape[0], B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
+                    f, oy, ox = rng.integers(0, 1 + cfg.flip, B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
                     Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
                     if basis is not None:
                         Xr = Xr @ basis  # (B, k)
@@ -614,17 +667,21 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
                 update(params, grads, state, learning_rate(t, cfg), t, cfg)
                 if t + 1 in checkpoints:
                     record(t + 1)
+                    if progress and t + 1 < total:
+                        save_progress(*progress, t + 1, seconds_before + time.perf_counter() - t_start, params,
+                                      state, rng, perm, hist)
     finally:
         if basis is not None:  # params always leave as a plain two-layer network on pixels
             params["W1"] = np.asfortranarray(params["W1"] @ basis.T)  # (m, d)
     return hist
 
 
-def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print, name="") -> tuple:
-    """Initialise a network and train it: (params, history)."""
+def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print, name="",
+        progress: tuple[Path, str] | None = None) -> tuple:
+    """Initialise a network and train it: (params, history). progress: see train()."""
     check_config(cfg, train_set.n)
     params = init_params(train_set.X.shape[0], cfg.m, rng, cfg.dtype)
-    return params, train(params, train_set, val_set, cfg, rng, log, name)
+    return params, train(params, train_set, val_set, cfg, rng, log, name, progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -726,9 +783,11 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
         t0 = time.perf_counter()
         trial = {"name": name} if names else {}
         trial |= {"lam": cfg.lam, "diverged": False}
+        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), json.dumps(key, sort_keys=True))
+        before = (load_progress(*ckpt) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
         try:
             params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=log if progress else
-                               lambda s: None, name=f"{tag}: ")
+                               lambda s: None, name=f"{tag}: ", progress=ckpt)
             trial |= {"val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
                       "train_acc": hist["train_acc"][-1]}
             if test_set is not None:
@@ -747,10 +806,11 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
             trial |= {"val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
             if keep_history:  # a range test ends this way: its curve up to the divergence is the result
                 trial["history"] = e.history
-        trial |= {"seconds": round(time.perf_counter() - t0, 1), "seed": seed, "trial": i, "cfg": asdict(cfg),
-                  "key": key}
+        trial |= {"seconds": round(before + time.perf_counter() - t0, 1), "seed": seed, "trial": i,
+                  "cfg": asdict(cfg), "key": key}
         with open(path, "a") as f:
             f.write(json.dumps(trial) + "\n")
+        ckpt[0].unlink(missing_ok=True)  # the trial is in path now
         log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']})"
             + (f", test acc {trial['test_acc']}" if "test_acc" in trial else "")
             + (f", with mirrored averaging val {trial['val_acc_mirror']}, test {trial.get('test_acc_mirror')}"
@@ -852,10 +912,9 @@ def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
 
 def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
-    from numpy.lib.stride_tricks import sliding_window_view
     plt = _pyplot()
     n = XT.shape[0]
-    windows = sliding_window_view(augment_source(XT.astype(np.float32), True, shift), (32, 32), axis=(3, 4))
+    windows = augment_source(XT.astype(np.float32), shift)
     full = lambda v: np.full(n, v)
     rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
             (f"left {shift}, down {shift}", 0, -shift, shift), (f"mirrored, up {shift}", 1, 0, -shift)]

@@ -3,7 +3,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 
 import assignment2 as a
 
@@ -12,15 +11,22 @@ def images(n=6, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).standard_normal((n, a.D)).astype(dtype)  # (n, D), one image per row
 
 
-def windows_of(XT, flip, shift):
-    return sliding_window_view(a.augment_source(XT, flip, shift), (32, 32), axis=(3, 4))
+def test_augment_source_pads_with_edge_pixels_like_np_pad():
+    XT = images()
+    for shift in (0, 1, 3):
+        padded = np.pad(XT.reshape(-1, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
+        w = a.augment_source(XT, shift)
+        assert w.shape == (6, 3, 2 * shift + 1, 2 * shift + 1, 32, 32)
+        for oy in range(2 * shift + 1):
+            for ox in range(2 * shift + 1):
+                np.testing.assert_array_equal(w[:, :, oy, ox], padded[:, :, oy:oy + 32, ox:ox + 32])
 
 
-def moved(XT, flip, shift, f, tx, ty):
+def moved(XT, shift, f, tx, ty):
     """Every image of XT mirrored (f = 1) and moved right by tx, down by ty, through augmented_batch."""
     n = XT.shape[0]
     full = lambda v: np.full(n, v)
-    return a.augmented_batch(windows_of(XT, flip, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
+    return a.augmented_batch(a.augment_source(XT, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
 
 
 def reference(XT, mirror, tx, ty):
@@ -36,22 +42,22 @@ def reference(XT, mirror, tx, ty):
 @pytest.mark.parametrize("f,tx,ty", [(0, 0, 0), (1, 0, 0), (0, 2, -1), (1, -3, 3), (0, 3, 0), (1, 0, -2)])
 def test_augmented_batch_matches_a_plain_reference(f, tx, ty):
     XT = images()
-    out = moved(XT, True, 3, f, tx, ty)
+    out = moved(XT, 3, f, tx, ty)
     assert out.shape == XT.shape and out.dtype == XT.dtype
     np.testing.assert_array_equal(out, reference(XT, f, tx, ty))
 
 
 def test_a_flip_twice_is_the_identity():
     XT = images()
-    once = moved(XT, True, 0, 1, 0, 0)
+    once = moved(XT, 0, 1, 0, 0)
     assert not np.array_equal(once, XT)
-    np.testing.assert_array_equal(moved(once, True, 0, 1, 0, 0), XT)
+    np.testing.assert_array_equal(moved(once, 0, 1, 0, 0), XT)
 
 
 @pytest.mark.parametrize("tx,ty", [(3, 2), (-1, 3), (-3, -3), (2, 0)])
 def test_a_shift_and_its_inverse_restore_the_interior(tx, ty):
     XT = images()
-    back = moved(moved(XT, False, 3, 0, tx, ty), False, 3, 0, -tx, -ty).reshape(-1, 3, 32, 32)
+    back = moved(moved(XT, 3, 0, tx, ty), 3, 0, -tx, -ty).reshape(-1, 3, 32, 32)
     orig = XT.reshape(-1, 3, 32, 32)
     inner = (slice(None), slice(None), slice(abs(ty), 32 - abs(ty)), slice(abs(tx), 32 - abs(tx)))
     np.testing.assert_array_equal(back[inner], orig[inner])
@@ -60,7 +66,7 @@ def test_a_shift_and_its_inverse_restore_the_interior(tx, ty):
 def test_mirror_images_is_the_training_flip_and_its_own_inverse():
     XT = images()
     X = np.asfortranarray(XT.T)  # (D, n)
-    np.testing.assert_array_equal(a.mirror_images(X), moved(XT, True, 0, 1, 0, 0).T)
+    np.testing.assert_array_equal(a.mirror_images(X), moved(XT, 0, 1, 0, 0).T)
     np.testing.assert_array_equal(a.mirror_images(a.mirror_images(X)), X)
 
 
@@ -78,7 +84,7 @@ def test_mirrored_evaluation_averages_an_image_and_its_mirror():
 def test_shifted_pixels_really_move():
     XT = np.zeros((1, a.D), np.float32)
     XT[0, 5 * 32 + 7] = 1  # channel 0, row 5, column 7
-    out = moved(XT, False, 3, 0, 2, 3).reshape(3, 32, 32)  # right by 2, down by 3
+    out = moved(XT, 3, 0, 2, 3).reshape(3, 32, 32)  # right by 2, down by 3
     assert out[0, 8, 9] == 1 and out.sum() == 1
 
 

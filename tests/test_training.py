@@ -147,3 +147,43 @@ def test_fine_range_is_one_grid_step_around_the_best():
     assert [t["val_acc"] for t in a.top_trials(trials)] == [0.50, 0.47, 0.45]
     trials[0]["val_acc"] = 0.9
     assert a.fine_range(trials, plan)[0] == -5.0  # clipped to the coarse range
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("d,extra", [(40, dict()), (a.D, dict(optimizer="adam", p_drop=0.2, flip=True, shift=2)),
+                                     (40, dict(optimizer="nesterov", pca=12))])
+def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
+    rng = np.random.default_rng(0)
+    X = np.asfortranarray(rng.standard_normal((d, 300)))
+    s = a.Split(X, rng.integers(0, 10, 300))
+    cfg = a.Config(m=7, lam=0.01, eta_max=0.02, n_s=9, n_cycles=2, n_batch=25, evals_per_cycle=3, dtype="float64",
+                   eval_train=False, **extra)
+    whole = a.run(s, s, cfg, np.random.default_rng(1), log=lambda t: None)
+    progress = (tmp_path / "p.npz", "this run")
+    seen = []
+
+    def stop_at_third_point(line):
+        seen.append(line)
+        if len(seen) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        a.run(s, s, cfg, np.random.default_rng(1), log=stop_at_third_point, progress=progress)
+    assert progress[0].is_file()
+    assert a.load_progress(progress[0], "another run") is None  # a file from other settings is not used
+    lines = []
+    resumed = a.run(s, s, cfg, np.random.default_rng(1), log=lines.append, progress=progress)
+    assert "resumed at step 6/36" in lines[0]
+    for k in whole[0]:
+        np.testing.assert_array_equal(resumed[0][k], whole[0][k])
+    assert resumed[1] == whole[1] or str(resumed[1]) == str(whole[1])  # nan != nan, so compare the text too
+
+
+def test_a_damaged_progress_file_means_starting_again(tmp_path):
+    path = tmp_path / "p.npz"
+    path.write_bytes(b"not a zip file")
+    assert a.load_progress(path, "tag") is None
+    assert a.load_progress(tmp_path / "missing.npz", "tag") is None
