@@ -491,31 +491,30 @@ def pca_variance_kept(XT: np.ndarray, k: int) -> float:
     return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
 
 
-def augment_source(XT: np.ndarray, shift: int) -> np.ndarray:
+def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
     """The training images laid out once for augmentation (Exercise 5): every (3, 32, 32) image padded by `shift`
-    pixels on each side by repeating its edge pixels, and viewed as all its (32, 32) crops:
-    (n, 3, 2 shift + 1, 2 shift + 1, 32, 32), a view of (1 + shift/16)^2 times the memory of XT."""
+    pixels on each side by repeating its edge pixels, with flip stacked with its mirror image, and viewed as all its
+    (32, 32) crops: (1 or 2, n, 3, 2 shift + 1, 2 shift + 1, 32, 32), a view of (1 or 2) x (1 + shift/16)^2 times
+    the memory of XT. Storing the mirror images makes a batch one gather, at half the cost of flipping after it."""
     from numpy.lib.stride_tricks import sliding_window_view
     n, s = XT.shape[0], shift
     X = XT.reshape(n, 3, 32, 32)
-    padded = np.empty((n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)  # filled by hand: np.pad takes twice as long
-    padded[:, :, s:s + 32, s:s + 32] = X
-    padded[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
-    padded[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
-    padded[:, :, :, :s] = padded[:, :, :, s:s + 1]  # then the columns, corners included
-    padded[:, :, :, s + 32:] = padded[:, :, :, s + 31:s + 32]
-    return sliding_window_view(padded, (32, 32), axis=(2, 3))
+    out = np.empty((1 + flip, n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)  # filled by hand: np.pad is twice as slow
+    p = out[0]
+    p[:, :, s:s + 32, s:s + 32] = X
+    p[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
+    p[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
+    p[:, :, :, :s] = p[:, :, :, s:s + 1]  # then the columns, corners included
+    p[:, :, :, s + 32:] = p[:, :, :, s + 31:s + 32]
+    if flip:
+        out[1] = p[..., ::-1]
+    return sliding_window_view(out, (32, 32), axis=(3, 4))
 
 
 def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
     """Images idx, image i mirrored if f[i] = 1 and then moved down by shift - oy[i] and right by shift - ox[i] pixels:
-    (B, D). windows is augment_source(...); one gather of crops for the batch, then one flip of the mirrored ones,
-    no per-image loop. Mirroring after the crop needs the crop's column offset mirrored too: 2 shift - ox."""
-    f = f.astype(bool)
-    ox = np.where(f, windows.shape[3] - 1 - ox, ox)
-    crops = windows[idx, :, oy, ox]  # (B, 3, 32, 32), a new C-ordered array
-    crops[f] = crops[f][..., ::-1]
-    return crops.reshape(idx.size, D)
+    (B, D). windows is augment_source(...); one gather for the batch, no per-image loop."""
+    return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
 
 
 def optimizer_state(params: dict, cfg: Config) -> dict:
@@ -626,7 +625,7 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
 
     augment = cfg.flip or cfg.shift
     if augment:
-        windows = augment_source(XT, cfg.shift)  # (n, 3, 2 shift + 1, 2 shift + 1, 32, 32) view
+        windows = augment_source(XT, cfg.flip, cfg.shift)  # (1 + flip, n, 3, 2 shift + 1, 2 shift + 1, 32, 32)
     basis = None
     if cfg.pca:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
         if cfg.pca > XT.shape[1]:
@@ -914,7 +913,7 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
     plt = _pyplot()
     n = XT.shape[0]
-    windows = augment_source(XT.astype(np.float32), shift)
+    windows = augment_source(XT.astype(np.float32), True, shift)
     full = lambda v: np.full(n, v)
     rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
             (f"left {shift}, down {shift}", 0, -shift, shift), (f"mirrored, up {shift}", 1, 0, -shift)]
@@ -1145,6 +1144,10 @@ def bonus_values(bonus: dict, seed: int, quick: bool, lam50: float) -> dict:
         [f"    {t['name']:<34} {pct(t['val_acc']):>8} {pct(t['test_acc']):>9} {t['seconds']:>9.0f} s" for t in rows])
     ok = lambda t: t["val_acc"] if t["val_acc"] is not None else float("nan")
     gains = [(rows[i]["name"], 100 * (ok(rows[i]) - ok(rows[i - 1]))) for i in range(1, 5)]
+    acc_w = rows[1]["val_acc"]
+    v |= {"val_se": f"{100 * math.sqrt(acc_w * (1 - acc_w) / bonus['n_val']):.1f}", "train_wide": pct(rows[1]["train_acc"]), "train_aug": pct(rows[4]["train_acc"]),
+          "ablation_epochs": round(2 * rows[0]["cfg"]["n_s"] * rows[0]["cfg"]["n_cycles"] * rows[0]["cfg"]["n_batch"]
+                                   / bonus["n_train"])}
     v["gains"] = "; ".join(f"{n}: {g:+.1f} points" for n, g in gains)
     v["largest_gain"] = max(gains, key=lambda g: g[1])[0]
     for key, t in (("cyclic", rows[4]), ("nesterov", rows[5]), ("adam", rows[6])):
@@ -1454,7 +1457,7 @@ def step_bonus(ctx: Context) -> dict:
         raise Diverged("every long run diverged")
     long = max(ok, key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))  # validation picks the final model
     plot_curves(long["history"], ctx.figure("bonus_long.png"),
-                f"{long['name']}: test accuracy {100 * long['test_acc']:.2f}%")
+                f"{long['name']}: test accuracy {pct(long['test_acc'])}, mirrored {pct(long['test_acc_mirror'])}")
     clean = lambda t: {k: v for k, v in t.items() if k not in ("key", "history")}
     return {"n_train": tr.n, "n_val": va.n, "range_test": {"eta_max": eta_max, "cfg": rt["cfg"], "eta": rt["history"]["eta"],
                            "val_acc": rt["history"]["val_acc"]},
@@ -1462,7 +1465,9 @@ def step_bonus(ctx: Context) -> dict:
             "ablation": [clean(t) for t in ablation], "best": clean(best), "pca_variance_kept": kept,
             "pca_row": clean(pca_row),
             "n_train_select": s_tr.n, "n_val_select": s_va.n, "select": [clean(t) for t in select],
-            "longs": [clean(t) for t in longs], "long": clean(long)}
+            "longs": [clean(t) for t in longs], "long": clean(long),
+            "train_seconds": round(sum(t["seconds"] for t in [rt, *lam_trials, *ablation, best, pca_row, *select,
+                                                               *longs]), 1)}
 
 
 def format_bonus(res: dict) -> str:
@@ -1487,7 +1492,9 @@ def format_bonus(res: dict) -> str:
             out.append(f"{t['name']:<54} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} "
                        f"{pct(t.get('val_acc_mirror')) + ' / ' + pct(t.get('test_acc_mirror')):>18} {t['seconds']:>7.0f}")
         acc, how = final_test_acc(res["long"])
-        out += ["", f"Final model (highest validation accuracy): {res['long']['name']}: test accuracy {pct(acc)} ({how})"]
+        out += ["", f"Final model (highest validation accuracy): {res['long']['name']}: test accuracy {pct(acc)} ({how})",
+                "", f"Training time of all the trials above: {res['train_seconds']:.0f} s "
+                f"({res['train_seconds'] / 60:.0f} minutes)"]
     return "\n".join(out) + "\n"
 
 
@@ -1557,13 +1564,15 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - t0
             if step == "bonus":  # Exercise 5 keeps its own files
                 bonus = ctx.results.pop(step)
+                seconds = bonus["train_seconds"]  # its trials may come from earlier, interrupted runs
                 (out_dir / "results_bonus.json").write_text(json.dumps(bonus, indent=1) + "\n")
                 (out_dir / "results_bonus.txt").write_text(format_bonus(bonus))
             for done in ctx.results:  # a step may have computed the steps it depends on too
                 results = update_json(results_path, done, ctx.results[done])
             timings = update_json(timings_path, step, round(seconds, 2))
             (out_dir / "results.txt").write_text(format_results(results, timings))
-            print(f"== {step} took {seconds:.1f} s", flush=True)
+            print(f"== {step} took {seconds:.1f} s" + (" of training, its trials' times summed" if step == "bonus" else ""),
+                  flush=True)
         total = time.perf_counter() - t_start
         if args.step == "all":
             timings = update_json(timings_path, "total", round(total, 2))

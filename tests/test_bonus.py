@@ -15,18 +15,20 @@ def test_augment_source_pads_with_edge_pixels_like_np_pad():
     XT = images()
     for shift in (0, 1, 3):
         padded = np.pad(XT.reshape(-1, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
-        w = a.augment_source(XT, shift)
-        assert w.shape == (6, 3, 2 * shift + 1, 2 * shift + 1, 32, 32)
+        w = a.augment_source(XT, True, shift)
+        assert w.shape == (2, 6, 3, 2 * shift + 1, 2 * shift + 1, 32, 32) and w.dtype == XT.dtype
+        assert a.augment_source(XT, False, shift).shape[0] == 1
         for oy in range(2 * shift + 1):
             for ox in range(2 * shift + 1):
-                np.testing.assert_array_equal(w[:, :, oy, ox], padded[:, :, oy:oy + 32, ox:ox + 32])
+                np.testing.assert_array_equal(w[0, :, :, oy, ox], padded[:, :, oy:oy + 32, ox:ox + 32])
+                np.testing.assert_array_equal(w[1, :, :, oy, ox], padded[..., ::-1][:, :, oy:oy + 32, ox:ox + 32])
 
 
 def moved(XT, shift, f, tx, ty):
     """Every image of XT mirrored (f = 1) and moved right by tx, down by ty, through augmented_batch."""
     n = XT.shape[0]
     full = lambda v: np.full(n, v)
-    return a.augmented_batch(a.augment_source(XT, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
+    return a.augmented_batch(a.augment_source(XT, True, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
 
 
 def reference(XT, mirror, tx, ty):
