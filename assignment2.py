@@ -721,6 +721,7 @@ class Plan:
     bonus_select: tuple = ((1e-5, 0.3), (1e-4, 0.3), (5e-4, 0.3), (1e-4, 0.5))  # ... among (lam, p_drop) ...
     bonus_select_cycles: int = 2  # ... on 45,000 / 5,000 images, cycles of n_s = 2 epochs per trial
     bonus_long: tuple = ((4000, 6, 4), (8000, 6, 4))  # long runs (m, n_s in epochs, cycles); best by validation wins
+    bonus_long_seeds: int = 2  # the winner's settings trained with this many seeds (the run's own and the next)
     gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
 
 
@@ -739,7 +740,8 @@ def quick_plan() -> Plan:
 def stage_rng(seed: int, stage: str, trial: int = 0) -> np.random.Generator:
     """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it skipped."""
     stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams",
-              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best", "bonus_pca", "bonus_select", "bonus_long")
+              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best", "bonus_pca", "bonus_select", "bonus_long",
+              "bonus_long_seed")
     return np.random.default_rng([seed, stages.index(stage), trial])
 
 
@@ -1179,6 +1181,10 @@ def bonus_values(bonus: dict, seed: int, quick: bool, lam50: float) -> dict:
           "long_train": pct(long["train_acc"]), "long_seconds": f"{long['seconds']:.0f}",
           "long_minutes": f"{long['seconds'] / 60:.0f}", "long_val_mirror": pct(long.get("val_acc_mirror")),
           "long_test_mirror": pct(long.get("test_acc_mirror"))}
+    sd = bonus["long_seeds"]
+    v |= {"seed_list": ", ".join(map(str, sd["seeds"])), "seed_tests": ", ".join(map(pct, sd["test_acc"])),
+          "seed_tests_mirror": ", ".join(map(pct, sd["test_acc_mirror"])),
+          "seed_vals_mirror": ", ".join(map(pct, sd["val_acc_mirror"]))}
     final, how = final_test_acc(long)
     v["final_test"], v["final_how"] = pct(final), how
     v["target_note"] = (f"Its test accuracy, {pct(final)} ({how}), " +
@@ -1458,6 +1464,12 @@ def step_bonus(ctx: Context) -> dict:
     long = max(ok, key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))  # validation picks the final model
     plot_curves(long["history"], ctx.figure("bonus_long.png"),
                 f"{long['name']}: test accuracy {pct(long['test_acc'])}, mirrored {pct(long['test_acc_mirror'])}")
+    again = [run_trials("bonus_long_seed", [Config(**long["cfg"])], tr, va, s, path, ctx.log, test_set=te,
+                        mirror_eval=True, progress=True, names=[f"{long['name']}, seed {s}"])[0]
+             for s in range(ctx.seed + 1, ctx.seed + p.bonus_long_seeds)]
+    runs = [long, *again]
+    seeds = {"seeds": [t["seed"] for t in runs]} | {
+        q: [t.get(q) for t in runs] for q in ("val_acc", "test_acc", "val_acc_mirror", "test_acc_mirror")}
     clean = lambda t: {k: v for k, v in t.items() if k not in ("key", "history")}
     return {"n_train": tr.n, "n_val": va.n, "range_test": {"eta_max": eta_max, "cfg": rt["cfg"], "eta": rt["history"]["eta"],
                            "val_acc": rt["history"]["val_acc"]},
@@ -1465,9 +1477,9 @@ def step_bonus(ctx: Context) -> dict:
             "ablation": [clean(t) for t in ablation], "best": clean(best), "pca_variance_kept": kept,
             "pca_row": clean(pca_row),
             "n_train_select": s_tr.n, "n_val_select": s_va.n, "select": [clean(t) for t in select],
-            "longs": [clean(t) for t in longs], "long": clean(long),
+            "longs": [clean(t) for t in longs], "long": clean(long), "long_seeds": seeds,
             "train_seconds": round(sum(t["seconds"] for t in [rt, *lam_trials, *ablation, best, pca_row, *select,
-                                                               *longs]), 1)}
+                                                               *longs, *again]), 1)}
 
 
 def format_bonus(res: dict) -> str:
@@ -1492,7 +1504,10 @@ def format_bonus(res: dict) -> str:
             out.append(f"{t['name']:<54} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} "
                        f"{pct(t.get('val_acc_mirror')) + ' / ' + pct(t.get('test_acc_mirror')):>18} {t['seconds']:>7.0f}")
         acc, how = final_test_acc(res["long"])
+        sd = res["long_seeds"]
         out += ["", f"Final model (highest validation accuracy): {res['long']['name']}: test accuracy {pct(acc)} ({how})",
+                f"The same settings with seeds {', '.join(map(str, sd['seeds']))}: test "
+                f"{', '.join(map(pct, sd['test_acc']))}; mirrored {', '.join(map(pct, sd['test_acc_mirror']))}",
                 "", f"Training time of all the trials above: {res['train_seconds']:.0f} s "
                 f"({res['train_seconds'] / 60:.0f} minutes)"]
     return "\n".join(out) + "\n"
