@@ -1167,7 +1167,7 @@ def bonus_values(bonus: dict, seed: int, quick: bool, lam50: float) -> dict:
           "aug_val": pct(aug_row["val_acc"]), "aug_test": pct(aug_row["test_acc"]),
           "aug_seconds": f"{aug_row['seconds']:.0f}", "pca_speedup": f"{aug_row['seconds'] / pr['seconds']:.1f}",
           "n_train_select": bonus["n_train_select"], "n_val_select": bonus["n_val_select"],
-          "select_m": c["m"], "select_cycles": bonus["select"][0]["cfg"]["n_cycles"],
+          "select_m": bonus["select"][0]["cfg"]["m"], "select_cycles": bonus["select"][0]["cfg"]["n_cycles"],
           "select_ns": bonus["select"][0]["cfg"]["n_s"],
           "select_table": "\n".join([f"    {'setting':<28} {'val acc':>8}"] +
                                     [f"    {t['name']:<28} {pct(t['val_acc']):>8}" for t in bonus["select"]]),
