@@ -1533,7 +1533,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                "  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)\n"
                "  seeds      (not in 'all') Figures 3, 4 and the final run again with 2 more seeds: mean and spread\n"
                "  bonus      (not in 'all') Exercise 5: range test, wide nets, dropout, augmentation, Nesterov, Adam;\n"
-               "             writes results_bonus.json / .txt and bonus.jsonl (resumable)\n"
+               "             then m=4000-8000 with W1 in the top 512 principal directions, 48-epoch runs;\n"
+               "             about 2 hours; writes results_bonus.json / .txt and bonus.jsonl (resumable)\n"
                "  report     (not in 'all') report/report.pdf from results.json, figures/ and report/report.md\n"
                "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those. A single step\n"
                "reuses the results.json of an earlier run with the same seed, --quick and dtype for what it needs.")
