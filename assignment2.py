@@ -485,9 +485,9 @@ def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
 
 
-def pca_variance_kept(XT: np.ndarray, k: int) -> float:
-    """The fraction of the training images' pixel variance that lies in the top k principal directions."""
-    Z = XT @ pca_basis(XT, k)  # (n, k)
+def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
+    """The fraction of the training images' pixel variance that lies in the directions basis (d, k) of pca_basis()."""
+    Z = XT @ basis  # (n, k)
     return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
 
 
@@ -590,13 +590,16 @@ def load_progress(path: Path, tag: str) -> tuple | None:
 
 
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
-          log=print, name: str = "", progress: tuple[Path, str] | None = None) -> dict:
+          log=print, name: str = "", progress: tuple[Path, str] | None = None,
+          basis: np.ndarray | None = None) -> dict:
     """Mini-batch gradient descent for 2 * n_s * n_cycles update steps, reshuffled every epoch: by default the spec's
     SGD with the cyclic learning rate; cfg can switch on Exercise 5's augmentation, dropout, Nesterov momentum, Adam and
     the other schedules. Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
     sets at eval_steps(cfg). Raises Diverged if the cost stops being finite.
     progress = (path, tag): save the state at every evaluation point and, if path holds the state of a run with the
-    same tag, go on from there: an interrupted long run resumes instead of starting again."""
+    same tag, go on from there: an interrupted long run resumes instead of starting again.
+    basis: pca_basis(training images, cfg.pca), when the caller already has it (it takes a 3072 x 3072
+    eigendecomposition); computed here otherwise."""
     check_config(cfg, train_set.n)
     t_start = time.perf_counter()
     dtype = np.dtype(cfg.dtype)
@@ -626,11 +629,15 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     augment = cfg.flip or cfg.shift
     if augment:
         windows = augment_source(XT, cfg.flip, cfg.shift)  # (1 + flip, n, 3, 2 shift + 1, 2 shift + 1, 32, 32)
-    basis = None
-    if cfg.pca:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
+    if not cfg.pca:
+        basis = None
+    else:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
         if cfg.pca > XT.shape[1]:
             raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
-        basis = pca_basis(XT, cfg.pca)  # (d, k)
+        if basis is None:
+            basis = pca_basis(XT, cfg.pca)  # (d, k)
+        elif basis.shape != (XT.shape[1], cfg.pca):
+            raise ConfigError(f"a basis of shape {basis.shape} does not fit pca={cfg.pca} on {XT.shape[1]} inputs")
         params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k); drops any part of W1 outside the subspace
         XT, Xv = XT @ basis, basis.T @ Xv  # (n, k), (k, n_val); ||V|| = ||W1|| keeps the penalty as it was
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
@@ -676,11 +683,11 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
 
 
 def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print, name="",
-        progress: tuple[Path, str] | None = None) -> tuple:
-    """Initialise a network and train it: (params, history). progress: see train()."""
+        progress: tuple[Path, str] | None = None, basis: np.ndarray | None = None) -> tuple:
+    """Initialise a network and train it: (params, history). progress, basis: see train()."""
     check_config(cfg, train_set.n)
     params = init_params(train_set.X.shape[0], cfg.m, rng, cfg.dtype)
-    return params, train(params, train_set, val_set, cfg, rng, log, name, progress)
+    return params, train(params, train_set, val_set, cfg, rng, log, name, progress, basis)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -764,12 +771,14 @@ def read_trials(path: Path) -> list[dict]:
 
 def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split, seed: int, path: Path, log=print,
                test_set: Split | None = None, names: list[str] | None = None, keep_history: bool = False,
-               mirror_eval: bool = False, save_dir: Path | None = None, progress: bool = False) -> list[dict]:
+               mirror_eval: bool = False, save_dir: Path | None = None, progress: bool = False,
+               basis: np.ndarray | None = None) -> list[dict]:
     """Train one fresh network per config and append each finished trial to path (JSON lines) at once; with test_set,
     evaluate the test set once per trained network. Trials already in path with the same settings, seed and index
     are reused, not rerun, so an interrupted run resumes where it stopped. mirror_eval: also measure validation and
     test accuracy with mirrored test-time averaging; save_dir: write each trained network there as
-    <stage>_<trial>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains."""
+    <stage>_<trial>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains; basis: the
+    principal directions of train_set for the configs with pca (see train())."""
     done = {json.dumps(t["key"], sort_keys=True): t for t in read_trials(path) if "key" in t}
     trials = []
     for i, cfg in enumerate(cfgs):
@@ -788,7 +797,7 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
         before = (load_progress(*ckpt) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
         try:
             params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=log if progress else
-                               lambda s: None, name=f"{tag}: ", progress=ckpt)
+                               lambda s: None, name=f"{tag}: ", progress=ckpt, basis=basis)
             trial |= {"val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
                       "train_acc": hist["train_acc"][-1]}
             if test_set is not None:
@@ -1266,6 +1275,14 @@ class Context:
             self.cache[key] = normalise(tr, va, self.raw(["test_batch"]), dtype=self.dtype)
         return self.cache[key]
 
+    def basis(self, which: str, k: int) -> np.ndarray:
+        """pca_basis of the training images of the splits `which`, computed once per run."""
+        key = ("basis", which, k)
+        if key not in self.cache:
+            tr = self.data(which)[0]
+            self.cache[key] = pca_basis(np.ascontiguousarray(tr.X.T, self.dtype), k)  # as train() would make it
+        return self.cache[key]
+
     def need(self, step: str) -> dict:
         """The result of a step this one depends on: from this run, else from results.json, else computed now."""
         if step not in self.results:
@@ -1442,20 +1459,22 @@ def step_bonus(ctx: Context) -> dict:
     # Wider and longer for less: W1 trained in the top principal directions. First the same budget as the ablation's
     # "+ translations" row with only that changed; then lam and dropout for a wide net chosen on 5,000 validation
     # images, and long runs of the winner on 49,000 / 1,000, of which validation picks the final model.
-    kept = pca_variance_kept(np.ascontiguousarray(tr.X.T), p.bonus_pca)
+    basis = ctx.basis("final", p.bonus_pca)  # every pca trial on this split uses it: one eigendecomposition
+    kept = pca_variance_kept(np.ascontiguousarray(tr.X.T), basis)
     ctx.log(f"bonus: the top {p.bonus_pca} principal directions hold {100 * kept:.2f}% of the pixel variance")
     pca_row = run_trials("bonus_pca", [replace(aug, pca=p.bonus_pca)], tr, va, ctx.seed, path, ctx.log, test_set=te,
-                         names=[f"+ translations, W1 in top {p.bonus_pca} PCs"])[0]
+                         names=[f"+ translations, W1 in top {p.bonus_pca} PCs"], basis=basis)[0]
     s_tr, s_va, _ = ctx.data("search")
     big = replace(aug, m=p.bonus_select_m, pca=p.bonus_pca, n_s=search_ns(p, s_tr.n, aug.n_batch),
                   n_cycles=p.bonus_select_cycles)
     select = run_trials("bonus_select", [replace(big, lam=lam, p_drop=pd) for lam, pd in p.bonus_select], s_tr, s_va,
-                        ctx.seed, path, ctx.log, names=[f"lam={lam:g}, p_drop={pd:g}" for lam, pd in p.bonus_select])
+                        ctx.seed, path, ctx.log, names=[f"lam={lam:g}, p_drop={pd:g}" for lam, pd in p.bonus_select],
+                        basis=ctx.basis("search", p.bonus_pca))
     pick = Config(**top_trials(select, 1)[0]["cfg"])
     long_cfgs = [replace(pick, m=m, n_s=ns * per_epoch, n_cycles=cycles, evals_per_cycle=4)
                  for m, ns, cycles in p.bonus_long]
     longs = run_trials("bonus_long", long_cfgs, tr, va, ctx.seed, path, ctx.log, test_set=te, keep_history=True,
-                       mirror_eval=True, save_dir=ctx.out_dir / "models", progress=True,
+                       mirror_eval=True, save_dir=ctx.out_dir / "models", progress=True, basis=basis,
                        names=[f"m={c.m}, top {c.pca} PCs, lam={c.lam:g}, p_drop={c.p_drop:g}, "
                               f"{2 * c.n_s * c.n_cycles // per_epoch} epochs" for c in long_cfgs])
     ok = [t for t in longs if not t["diverged"]]
@@ -1465,7 +1484,7 @@ def step_bonus(ctx: Context) -> dict:
     plot_curves(long["history"], ctx.figure("bonus_long.png"),
                 f"{long['name']}: test accuracy {pct(long['test_acc'])}, mirrored {pct(long['test_acc_mirror'])}")
     again = [run_trials("bonus_long_seed", [Config(**long["cfg"])], tr, va, s, path, ctx.log, test_set=te,
-                        mirror_eval=True, progress=True, names=[f"{long['name']}, seed {s}"])[0]
+                        mirror_eval=True, progress=True, names=[f"{long['name']}, seed {s}"], basis=basis)[0]
              for s in range(ctx.seed + 1, ctx.seed + p.bonus_long_seeds)]
     runs = [long, *again]
     seeds = {"seeds": [t["seed"] for t in runs]} | {

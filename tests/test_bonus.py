@@ -192,8 +192,9 @@ def test_pca_basis_is_orthonormal_and_ordered_by_variance():
 def test_pca_variance_kept():
     s = low_rank_split()  # 6 strong directions plus noise of variance 0.01 in all 40
     XT = np.ascontiguousarray(s.X.T)
-    assert a.pca_variance_kept(XT, 40) == pytest.approx(1.0)
-    assert 0.98 < a.pca_variance_kept(XT, 6) < 1 and a.pca_variance_kept(XT, 1) < a.pca_variance_kept(XT, 2)
+    kept = lambda k: a.pca_variance_kept(XT, a.pca_basis(XT, k))
+    assert kept(40) == pytest.approx(1.0)
+    assert 0.98 < kept(6) < 1 and kept(1) < kept(2)
 
 
 def test_training_in_the_full_pca_basis_equals_plain_training():
@@ -207,6 +208,18 @@ def test_training_in_the_full_pca_basis_equals_plain_training():
     for k in p0:
         np.testing.assert_allclose(p1[k], p0[k], atol=1e-9)
     np.testing.assert_allclose(h1["train_cost"], h0["train_cost"], rtol=1e-9)
+
+
+def test_a_basis_given_to_train_is_the_one_it_would_compute():
+    s = low_rank_split()
+    cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, dtype="float64", pca=6)
+    U = a.pca_basis(np.ascontiguousarray(s.X.T), 6)
+    given = a.run(s, s, cfg, np.random.default_rng(3), log=lambda t: None, basis=U)
+    computed = a.run(s, s, cfg, np.random.default_rng(3), log=lambda t: None)
+    for k in given[0]:
+        np.testing.assert_array_equal(given[0][k], computed[0][k])
+    with pytest.raises(a.ConfigError, match="does not fit"):
+        a.run(s, s, cfg, np.random.default_rng(3), log=lambda t: None, basis=U[:, :5])
 
 
 def test_training_in_a_pca_subspace_keeps_w1_in_it():
