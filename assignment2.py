@@ -27,8 +27,10 @@ import json
 import math
 import os
 import pickle
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +47,7 @@ PROJECT_DIR = Path(__file__).resolve().parent
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+MAX_BATCH_BYTES = 1 << 28  # a batch file may hold at most this much (an official one: 31 MB)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
             return _latin1_encode
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):  # ... and b""
+            return _empty_bytes
         if (module, name) not in self._NUMPY:
             raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: not part of a CIFAR batch")
         core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
@@ -177,11 +182,36 @@ def _latin1_encode(text, encoding="utf-8"):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    if args:  # bytes(n) would allocate n bytes: a tiny file could ask for any amount of memory
+        raise pickle.UnpicklingError("refused to load builtins.bytes with arguments")
+    return b""
+
+
+def _labels(labels, n: int, path: Path) -> np.ndarray:
+    """b'labels' as int64 (n,), checked before numpy converts it: a flat list of n integers or a 1-D integer
+    array. Anything else (nested, ragged or self-referencing lists) is refused without being expanded."""
+    if isinstance(labels, np.ndarray):
+        flat = labels.ndim == 1 and labels.dtype.kind in "iu"
+    else:
+        flat = isinstance(labels, list) and all(type(v) is int or isinstance(v, np.integer) for v in labels)
+    if not flat or len(labels) != n:
+        what = f"{type(labels).__name__} of {len(labels)}" if hasattr(labels, "__len__") else type(labels).__name__
+        raise DataError(f"{path}: b'labels' must be a flat list of {n} integers (one per image), got {what}")
+    try:
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise DataError(f"{path}: labels outside 0..{K - 1} (too large for an integer)") from None
+
+
 def load_batch(path: Path) -> Split:
     """Read one batch file of the official python layout; X comes back as uint8 (d, n), Fortran-ordered."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size > MAX_BATCH_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size >> 20} MiB is too large for a CIFAR-10 batch "
+                        f"(at most {MAX_BATCH_BYTES >> 20} MiB)")
     try:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
@@ -190,13 +220,12 @@ def load_batch(path: Path) -> Split:
         raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): {e}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
-    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    data = batch[b"data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != D:
         shape = getattr(data, "shape", None)
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, {D}), got {type(data).__name__} "
                         f"{getattr(data, 'dtype', '')} {shape}")
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: b'labels' must hold {data.shape[0]} integers, got shape {labels.shape}")
+    labels = _labels(batch[b"labels"], data.shape[0], path)
     if labels.size and (labels.min() < 0 or labels.max() >= K):
         raise DataError(f"{path}: labels outside 0..{K - 1} (found {labels.min()}..{labels.max()})")
     return Split(X=data.T, y=labels.astype(np.int64))  # data.T of a C-ordered (n, d) array is (d, n) Fortran
@@ -276,14 +305,32 @@ def download_cifar(data_dir: Path, url=CIFAR_URL, md5=CIFAR_MD5) -> None:
     if digest.hexdigest() != md5:
         raise DataError(f"the downloaded archive has MD5 {digest.hexdigest()}, expected {md5}. {help_}")
     buf.seek(0)
-    tmp = data_dir.with_name(data_dir.name + ".part")
-    tmp.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=buf, mode="r:gz") as tar:
-        wanted = {f"cifar-10-batches-py/{f}": f for f in CIFAR_FILES + ("batches.meta",)}
-        for member in tar.getmembers():
-            if member.name in wanted and member.isfile():
-                (tmp / wanted[member.name]).write_bytes(tar.extractfile(member).read())
-    tmp.rename(data_dir)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=data_dir.parent, prefix=f".{data_dir.name}.part-"))  # fresh every time
+    try:
+        _extract_batches(buf, tmp, help_)
+        tmp.rename(data_dir)  # only a complete folder ever gets the real name
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _extract_batches(archive: io.BytesIO, dest: Path, help_: str) -> None:
+    """Extract exactly the batch files (and batches.meta) of the official archive into dest: each must be there
+    and be a regular file, else DataError."""
+    wanted = {f"cifar-10-batches-py/{f}": f for f in CIFAR_FILES + ("batches.meta",)}
+    try:
+        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if member.name not in wanted:
+                    continue
+                if not member.isfile():
+                    raise DataError(f"the archive's {member.name} is not a regular file. {help_}")
+                (dest / wanted.pop(member.name)).write_bytes(tar.extractfile(member).read())
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"the downloaded archive cannot be read ({e}). {help_}") from None
+    if wanted:
+        raise DataError(f"the downloaded archive lacks {', '.join(sorted(wanted.values()))}. {help_}")
 
 
 def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=(), dtype="float32"):

@@ -77,7 +77,7 @@ def _bad(tmp_path, kind):
 
 @pytest.mark.parametrize("kind,message", [
     ("truncated", "corrupt or unsafe.*pickle data was truncated"), ("garbage", "data_batch_1"), ("shape", r"shape \(n, 3072\)"),
-    ("dtype", "uint8"), ("labels", "labels outside 0..9"), ("count", "must hold 4 integers"),
+    ("dtype", "uint8"), ("labels", "labels outside 0..9"), ("count", "flat list of 4 integers"),
     ("not a dict", "expected a dict")])
 def test_bad_batches_raise_a_clear_error(tmp_path, kind, message):
     path = _bad(tmp_path, kind)
@@ -169,3 +169,106 @@ def test_shared_cifar_batches_load(shared_data):
     s = a.load_batch(shared_data / "data_batch_1")
     assert s.X.shape == (3072, 10000) and s.X.dtype == np.uint8
     assert set(np.unique(s.y)) == set(range(10))
+
+
+@pytest.mark.parametrize("labels,message", [
+    ([[0, 1], [2]], "flat list of 2 integers"),  # ragged
+    ([[[[0]]]], "flat list of 2 integers"),  # nested
+    ([0, 1.0], "flat list of 2 integers"),  # not integers
+    ([0, 10 ** 30], "labels outside 0..9"),  # too large for int64
+    (np.zeros((2, 1), np.int64), "flat list of 2 integers"),  # a 2-D array
+    ("ab", "flat list of 2 integers"),
+])
+def test_labels_of_the_wrong_structure_are_a_data_error(tmp_path, labels, message):
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f, protocol=2)
+    with pytest.raises(a.DataError, match=message):
+        a.load_batch(path)
+
+
+def test_self_referencing_labels_are_refused_without_expanding_them(tmp_path):
+    """A 'billion laughs' pickle: labels is a list of 30 references to a list of 30 references to ... 8 deep,
+    30**8 = 6.6e11 ints if expanded. Refused from its first element, at once."""
+    inner = [0] * 30
+    for _ in range(7):
+        inner = [inner] * 30
+    path = tmp_path / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((30, 3072), np.uint8), b"labels": inner}, f, protocol=2)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(a.DataError, match="flat list of 30 integers"):
+        a.load_batch(path)
+
+
+def test_a_file_too_large_for_a_batch_is_refused_before_unpickling(tmp_path, monkeypatch):
+    path = tmp_path / "data_batch_1"
+    write_batch(path, np.zeros((4, 3072), np.uint8), [0, 1, 2, 3])
+    monkeypatch.setattr(a, "MAX_BATCH_BYTES", 1000)
+    with pytest.raises(a.DataError, match="too large for a CIFAR-10 batch"):
+        a.load_batch(path)
+
+
+def test_empty_bytes_at_protocol_2_are_accepted_and_bytes_with_a_size_refused(tmp_path):
+    path = tmp_path / "data_batch_1"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [3], b"batch_label": b"", b"filenames": [b""]}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    assert a.load_batch(path).y.tolist() == [3]
+
+    class Huge:  # pickles as builtins.bytes(10**12): a terabyte from a few bytes of file
+        def __reduce__(self):
+            return (bytes, (10 ** 12,))
+    with open(path, "wb") as f:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [3], b"x": Huge()}, f, protocol=2)
+    with pytest.raises(a.DataError, match="builtins.bytes with arguments"):
+        a.load_batch(path)
+
+
+def test_download_refuses_an_archive_whose_member_is_a_link_and_leaves_nothing(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in FILES + ("batches.meta",):
+            if name == "data_batch_1":
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+                continue
+            src = tmp_path / "src" / name
+            src.parent.mkdir(exist_ok=True)
+            write_batch(src, np.zeros((2, 3072), np.uint8), [0, 1])
+            tar.add(src, arcname=f"cifar-10-batches-py/{name}")
+    (tmp_path / "a.tar.gz").write_bytes(buf.getvalue())
+    data = tmp_path / "data"
+    dest = data / "cifar-10-batches-py"
+    with pytest.raises(a.DataError, match="data_batch_1 is not a regular file"):
+        a.ensure_data(dest, True, (tmp_path / "a.tar.gz").as_uri(), hashlib.md5(buf.getvalue()).hexdigest())
+    assert list(data.iterdir()) == []  # no folder, complete or partial, is left behind
+
+
+def test_download_refuses_an_archive_missing_a_batch(tmp_path):
+    url, md5 = _archive(tmp_path)
+    src = tmp_path / "cifar.tar.gz"
+    with tarfile.open(src) as tar:  # the same archive without test_batch
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if not m.name.endswith("test_batch")]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for m, payload in members:
+            tar.addfile(m, io.BytesIO(payload))
+    src.write_bytes(buf.getvalue())
+    data = tmp_path / "data"
+    with pytest.raises(a.DataError, match="lacks test_batch"):
+        a.ensure_data(data / "cifar-10-batches-py", True, url, hashlib.md5(buf.getvalue()).hexdigest())
+    assert list(data.iterdir()) == []
+
+
+def test_a_stale_partial_download_is_never_reused(tmp_path):
+    url, md5 = _archive(tmp_path)
+    data = tmp_path / "data"
+    stale = data / "cifar-10-batches-py.part"
+    stale.mkdir(parents=True)
+    (stale / "data_batch_1").write_bytes(b"left over from an earlier attempt")
+    dest = data / "cifar-10-batches-py"
+    a.ensure_data(dest, True, url, md5)
+    assert a.load_batch(dest / "data_batch_1").n == 2  # the fresh archive's file, not the stale one
+    assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py", "cifar-10-batches-py.part"]
