@@ -21,6 +21,7 @@ The penalty is lam * sum(W**2) as in eq. (7), so its gradient is 2 * lam * W (eq
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -37,6 +38,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from runfiles import (FolderLock, StateError, append_line, atomic_path, file_digest, is_fraction, is_nonneg,
+                      move_aside, read_json, read_jsonl, set_aside, short_hash, source_fingerprint, write_atomic)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -618,22 +622,44 @@ def save_progress(path: Path, tag: str, t: int, seconds: float, params: dict, st
     """Everything train() needs to go on from step t exactly as if it had not stopped; written atomically."""
     meta = json.dumps({"tag": tag, "t": t, "seconds": seconds, "rng": rng.bit_generator.state, "hist": hist})
     arrays = {f"params/{k}": v for k, v in _nested(params)} | {f"state/{k}": v for k, v in _nested(state)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, meta=np.array(meta), perm=perm, **arrays)
-    os.replace(tmp, path)
 
 
-def load_progress(path: Path, tag: str) -> tuple | None:
-    """(meta, arrays) of a progress file written for the same run (tag), else None: a missing, foreign or damaged
-    file means starting from step 0."""
+def load_progress(path: Path, tag: str, log=print, like: dict | None = None) -> tuple | None:
+    """(meta, arrays) of the progress file that save_progress wrote for the run `tag`; None when there is none.
+    A damaged file, one from another run, or one whose arrays differ in shape or dtype from `like` ({name: array})
+    is set aside with a warning (renamed, not deleted), and the run starts from step 0."""
+    if not Path(path).is_file():
+        return None
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: z[k] for k in z.files if k != "meta"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        problem = _progress_problem(meta, arrays, tag, like or {})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = f"not a readable progress file ({e})"
+    if problem:
+        set_aside(path, problem + "; starting this run from step 0", log)
         return None
-    return (meta, arrays) if meta.get("tag") == tag else None
+    return meta, arrays
+
+
+def _progress_problem(meta, arrays: dict, tag: str, like: dict) -> str | None:
+    if not isinstance(meta, dict) or not isinstance(meta.get("hist"), dict):
+        return "its metadata is not a progress record"
+    if meta.get("tag") != tag:
+        return "it belongs to another run (other settings, seed, data or code)"
+    if not (isinstance(meta.get("t"), int) and meta["t"] > 0 and is_nonneg(meta.get("seconds"))):
+        return f"its step {meta.get('t')!r} or seconds {meta.get('seconds')!r} are not plausible"
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng"]  # a generator state we can restore
+    except (KeyError, TypeError, ValueError) as e:
+        return f"its generator state is damaged ({e!r})"
+    for k, v in like.items():
+        if k not in arrays or arrays[k].shape != v.shape or arrays[k].dtype != v.dtype:
+            return f"its {k} does not fit this network"
+    return None
 
 
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
@@ -690,9 +716,10 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
     state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
     start, seconds_before = 0, 0.0
-    if progress and (saved := load_progress(*progress)):
+    current = dict([*_nested(params, "params/"), *_nested(state, "state/")])
+    if progress and (saved := load_progress(*progress, log, current | {"perm": np.arange(n)})):
         meta, arrays = saved
-        for k, v in [*_nested(params, "params/"), *_nested(state, "state/")]:
+        for k, v in current.items():
             v[...] = arrays[k]  # in place, keeping each array's memory order
         start, seconds_before, perm = meta["t"], meta["seconds"], arrays["perm"]
         rng.bit_generator.state = meta["rng"]
@@ -803,17 +830,57 @@ def search_ns(plan: Plan, n_train: int, n_batch: int) -> int:
     return plan.ns_epochs * (n_train // n_batch)
 
 
-def read_trials(path: Path) -> list[dict]:
-    """The finished trials of an earlier run; a line cut short by an interruption is skipped."""
-    if not path.is_file():
-        return []
-    trials = []
-    for line in path.read_text().splitlines():
-        try:
-            trials.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return trials
+# Caches know what made them: a trial is reused only for the same settings, seed, data and code.
+NOT_NUMBERS = ("plot_*", "format_*", "_pyplot", "save_figure", "pct", "report_values", "bonus_values", "final_test_acc",
+               "_layout_pdf", "_report_input", "build_report", "parse_args", "main", "check_args", "choose_out_dir",
+               "open_run", "describe", "identity", "run_name", "*_problem", "save_run", "run_steps",
+               "code_fingerprint", "data_fingerprint")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of the code that makes the numbers: this file as code (comments, docstrings and layout do not
+    count), without the plots, the report and the command line (NOT_NUMBERS)."""
+    return source_fingerprint(Path(__file__), exclude=NOT_NUMBERS)
+
+
+def data_fingerprint(*splits: Split) -> str:
+    """A hash of the exact images and labels of splits, as they are trained and evaluated on."""
+    h = hashlib.sha256()
+    for s in splits:
+        for a in (s.X, s.y):
+            h.update(f"{a.dtype} {a.shape};".encode())
+            h.update(a.T.data if a.flags.f_contiguous else np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]
+
+
+def config_problem(cfg) -> str | None:
+    """None if cfg is the asdict() of a valid Config, else what is wrong with it."""
+    try:
+        c = Config(**cfg)
+        check_config(c, max(c.n_batch, 1))
+    except (TypeError, ValueError) as e:
+        return f"its cfg is not a valid Config ({e})"
+    return None
+
+
+def trial_problem(t) -> str | None:
+    """None if t is a trial record to believe (as run_trials writes it), else what is wrong with it."""
+    if not isinstance(t, dict) or not isinstance(t.get("diverged"), bool) or not isinstance(t.get("cfg"), dict):
+        return "not a trial record"
+    if not is_nonneg(t.get("lam")):
+        return f"lam={t.get('lam')!r} is not a number >= 0"
+    for q, v in t.items():
+        if q.endswith("acc") or "_acc_" in q:
+            if not (is_fraction(v) or (v is None and (t["diverged"] or q != "val_acc"))):
+                return f"{q}={v!r} is not an accuracy in [0, 1]"
+    if "seconds" in t and not is_nonneg(t["seconds"]):
+        return f"seconds={t['seconds']!r} is not a duration"
+    return config_problem(t["cfg"])
+
+
+def trial_line_problem(t) -> str | None:
+    return "it has no key" if not isinstance(t, dict) or not isinstance(t.get("key"), dict) else trial_problem(t)
 
 
 def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split, seed: int, path: Path, log=print,
@@ -821,27 +888,34 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                mirror_eval: bool = False, save_dir: Path | None = None, progress: bool = False,
                basis: np.ndarray | None = None) -> list[dict]:
     """Train one fresh network per config and append each finished trial to path (JSON lines) at once; with test_set,
-    evaluate the test set once per trained network. Trials already in path with the same settings, seed and index
-    are reused, not rerun, so an interrupted run resumes where it stopped. mirror_eval: also measure validation and
+    evaluate the test set once per trained network. Trials already in path with the same settings, seed, index, data
+    and code are reused, not rerun, so an interrupted run resumes where it stopped. mirror_eval: also measure validation and
     test accuracy with mirrored test-time averaging; save_dir: write each trained network there as
-    <stage>_<trial>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains; basis: the
+    <stage>_<trial>.seed<seed>.n<n_train>.<dtype>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains; basis: the
     principal directions of train_set for the configs with pca (see train())."""
-    done = {json.dumps(t["key"], sort_keys=True): t for t in read_trials(path) if "key" in t}
+    stored = read_jsonl(path, trial_line_problem, log)
+    done = {_text(t["key"]): t for t in stored}
+    made = {_text(_settings(t["key"])): t["key"] for t in stored}  # what else made the same trial, if anything
+    origin = {"data": data_fingerprint(train_set, val_set, *[test_set] * (test_set is not None)),
+              "code": code_fingerprint()}
     trials = []
     for i, cfg in enumerate(cfgs):
         name = names[i] if names else f"lam={cfg.lam:.3e}"
         key = {"stage": stage, "trial": i, "seed": seed, "n_train": train_set.n, "n_val": val_set.n, **asdict(cfg)}
-        key |= {"test": True} if test_set is not None else {}
+        key |= ({"test": True} if test_set is not None else {}) | origin
         tag = f"{stage} {i + 1}/{len(cfgs)} {name}"
-        if (hit := done.get(json.dumps(key, sort_keys=True))) is not None:
+        if (hit := done.get(_text(key))) is not None:
             log(f"{tag}: kept from {path.name}, val acc {hit['val_acc']}")
             trials.append(hit)
             continue
+        if (other := made.get(_text(_settings(key)))) is not None:
+            why = " and ".join(f"other {q}" for q in ("data", "code") if other.get(q) != key[q])
+            log(f"{tag}: {path.name} holds this trial made with {why}; training it again")
         t0 = time.perf_counter()
         trial = {"name": name} if names else {}
         trial |= {"lam": cfg.lam, "diverged": False}
-        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), json.dumps(key, sort_keys=True))
-        before = (load_progress(*ckpt) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
+        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), _text(key))
+        before = (load_progress(*ckpt, log) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
         try:
             params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=log if progress else
                                lambda s: None, name=f"{tag}: ", progress=ckpt, basis=basis)
@@ -853,9 +927,10 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                 trial["val_acc_mirror"] = evaluate(val_set.X, val_set.y, params, cfg.lam, mirror=True)["acc"]
                 if test_set is not None:
                     trial["test_acc_mirror"] = evaluate(test_set.X, test_set.y, params, cfg.lam, mirror=True)["acc"]
-            if save_dir is not None:
-                Path(save_dir).mkdir(parents=True, exist_ok=True)
-                np.savez(Path(save_dir) / f"{stage}_{i}.npz", **params)
+            if save_dir is not None:  # named by all that made it: no other run's weights are overwritten
+                dest = Path(save_dir) / f"{stage}_{i}.seed{seed}.n{train_set.n}.{cfg.dtype}.npz"
+                with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **params)
             if keep_history:
                 trial["history"] = hist
         except Diverged as e:
@@ -865,8 +940,7 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                 trial["history"] = e.history
         trial |= {"seconds": round(before + time.perf_counter() - t0, 1), "seed": seed, "trial": i,
                   "cfg": asdict(cfg), "key": key}
-        with open(path, "a") as f:
-            f.write(json.dumps(trial) + "\n")
+        append_line(path, json.dumps(trial))
         ckpt[0].unlink(missing_ok=True)  # the trial is in path now
         log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']})"
             + (f", test acc {trial['test_acc']}" if "test_acc" in trial else "")
@@ -874,6 +948,15 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                if "val_acc_mirror" in trial else "") + f", {trial['seconds']} s")
         trials.append(trial)
     return trials
+
+
+def _text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def _settings(key: dict) -> dict:
+    """A trial key without what made its data and code."""
+    return {k: v for k, v in key.items() if k not in ("data", "code")}
 
 
 def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
@@ -908,6 +991,13 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> None:
+    """Write fig as a PNG whole or not at all, then free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    _pyplot().close(fig)
+
+
 def plot_curves(hist: dict, path: Path, title: str) -> None:
     """Cost, loss and accuracy on the training and validation sets against the update step."""
     plt = _pyplot()
@@ -920,8 +1010,7 @@ def plot_curves(hist: dict, path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_schedule(cfg: Config, path: Path) -> None:
@@ -934,8 +1023,7 @@ def plot_schedule(cfg: Config, path: Path) -> None:
            title=f"cyclic learning rate, n_s={cfg.n_s}, {cfg.n_cycles} cycles")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_search(trials: list[dict], path: Path, title: str) -> None:
@@ -949,8 +1037,7 @@ def plot_search(trials: list[dict], path: Path, title: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
@@ -963,8 +1050,7 @@ def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
@@ -984,23 +1070,12 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
         axes[r, 0].set_ylabel(label, fontsize=8)
     fig.suptitle("augmentation: edge pixels fill the uncovered border")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def pct(acc: float | None) -> str:
     """An accuracy for people; None marks a diverged run."""
     return "diverged" if acc is None else f"{100 * acc:.2f}%"
-
-
-def update_json(path: Path, key: str, value) -> dict:
-    """Set one top-level key of a JSON file, keeping the others (each step of the program writes its own key)."""
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[key] = value
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)  # atomic: an interruption never leaves half a file
-    return data
 
 
 def format_results(res: dict, timings: dict) -> str:
@@ -1258,31 +1333,51 @@ def final_test_acc(trial: dict) -> tuple:
 
 
 def build_report(out_dir: Path, template: Path = PROJECT_DIR / "report" / "report.md") -> Path:
-    """report/report.pdf under out_dir, from the template with every {name} filled in from results.json."""
-    results_path = Path(out_dir) / "results.json"
-    if not results_path.is_file():
-        raise DataError(f"{results_path}: not found; run `python assignment2.py` (then `seeds`) before `report`")
-    res = json.loads(results_path.read_text())
+    """report/report.pdf under out_dir (and report/bonus.pdf when results_bonus.json is there), from the templates
+    with every {name} filled in from the results. Every input is read and checked before a page is laid out, and a
+    PDF is replaced only by a complete one."""
+    out_dir = Path(out_dir)
+    res = _report_input(out_dir / "results.json", "run `python assignment2.py` (then `seeds`) before `report`")
     missing = [k for k in ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final") if k not in res]
     if missing:
-        raise DataError(f"{results_path}: no results for {', '.join(missing)}; run those steps first")
-    timings_path = Path(out_dir) / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    text = template.read_text().format_map(report_values(res, timings))
-    pdf = Path(out_dir) / "report" / "report.pdf"
-    pdf.parent.mkdir(parents=True, exist_ok=True)
-    _layout_pdf(text, Path(out_dir), pdf)
-    bonus_path = Path(out_dir) / "results_bonus.json"
-    if bonus_path.is_file():  # Exercise 5 has its own report, built the same way
-        bonus = json.loads(bonus_path.read_text())
+        raise DataError(f"{out_dir / 'results.json'}: no results for {', '.join(missing)}; run those steps first")
+    timings = read_json(out_dir / "timings.json", timings_problem) or {}
+    jobs = [(template, lambda: report_values(res, timings), "results.json")]
+    if (out_dir / "results_bonus.json").is_file():  # Exercise 5 has its own report, built the same way
+        bonus = _report_input(out_dir / "results_bonus.json", "run `python assignment2.py bonus` again")
+        jobs.append((template.parent / "bonus.md",
+                     lambda: bonus_values(bonus, res["seed"], res.get("quick", False), res["final"]["lam"]),
+                     "results_bonus.json"))
+    pages = []
+    for tpl, values, source in jobs:
+        if not tpl.is_file():
+            raise DataError(f"{tpl}: report template not found")
         try:
-            values = bonus_values(bonus, res["seed"], res.get("quick", False), res["final"]["lam"])
-        except (KeyError, IndexError, TypeError) as e:
-            raise DataError(f"{bonus_path}: incomplete or from an older version ({e!r}); "
-                            f"run `python assignment2.py bonus` again") from None
-        text = (template.parent / "bonus.md").read_text().format_map(values)
-        _layout_pdf(text, Path(out_dir), pdf.with_name("bonus.pdf"))
-    return pdf
+            text = tpl.read_text().format_map(values())
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{out_dir / source}: incomplete, damaged or from an older version ({e!r}); "
+                            f"run the steps that make it again") from None
+        figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+        if absent := [f for f in figures if not (out_dir / f).is_file()]:
+            raise DataError(f"{out_dir}: the report needs {', '.join(absent)}; run the steps that draw them")
+        pages.append((text, out_dir / "report" / tpl.with_suffix(".pdf").name))
+    for text, pdf in pages:
+        with atomic_path(pdf) as tmp:
+            _layout_pdf(text, out_dir, tmp)
+    return pages[0][1]
+
+
+def _report_input(path: Path, remedy: str) -> dict:
+    """A results file for the report, or a one-line DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found; {remedy}")
+    try:
+        res = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e}); {remedy}") from None
+    if not isinstance(res, dict):
+        raise DataError(f"{path}: not a results file; {remedy}")
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1297,7 +1392,7 @@ class Context:
     seed: int
     dtype: str
     results: dict  # what this run computed
-    stored: dict = field(default_factory=dict)  # results.json of an earlier run with the same seed, quick and dtype
+    stored: dict = field(default_factory=dict)  # results.json of an earlier run of the same identity()
     log: object = print
     cache: dict = field(default_factory=dict)  # batch files and normalised splits, each loaded once per run
 
@@ -1331,10 +1426,22 @@ class Context:
         return self.cache[key]
 
     def need(self, step: str) -> dict:
-        """The result of a step this one depends on: from this run, else from results.json, else computed now."""
+        """The result of a step this one depends on: from this run, else from results.json if the same code made
+        it and it can be believed, else computed now."""
         if step not in self.results:
-            self.results[step] = self.stored[step] if step in self.stored else STEPS[step](self)
+            self.results[step] = self.stored_result(step) or STEPS[step](self)
         return self.results[step]
+
+    def stored_result(self, step: str) -> dict | None:
+        if step not in self.stored:
+            return None
+        if (self.stored.get("code") or {}).get(step) != code_fingerprint():
+            self.log(f"results.json: {step} was made by other code; computing it again")
+            return None
+        if problem := step_problem(self.stored[step]):
+            self.log(f"warning: results.json: {step} cannot be believed ({problem}); computing it again")
+            return None
+        return self.stored[step]
 
     def train_and_test(self, which: str, cfg: Config, rng: np.random.Generator, name: str, log=None):
         """Train a fresh network on the splits `which` and evaluate the test set once: (history, test accuracy)."""
@@ -1602,71 +1709,197 @@ def parse_args(argv=None) -> argparse.Namespace:
                "             then m=4000-8000 with W1 in the top 512 principal directions, 48-epoch runs;\n"
                "             about 2 hours; writes results_bonus.json / .txt and bonus.jsonl (resumable)\n"
                "  report     (not in 'all') report/report.pdf from results.json, figures/ and report/report.md\n"
-               "Search trials are appended to search_<stage>.jsonl as they finish; a rerun skips those. A single step\n"
-               "reuses the results.json of an earlier run with the same seed, --quick and dtype for what it needs.")
+               "\n"
+               "A run is its seed, sizes (--quick or not), dtype and data (a hash of the batch files). Its outputs go\n"
+               "to --out-dir; by default to this folder for a full run, and to runs/<run>/ for a --quick run or when\n"
+               "this folder holds another run. A folder holding another run is never written into: the program\n"
+               "stops and says so, unless --replace moves that run's outputs to <out-dir>/replaced/ first.\n"
+               "Search and Exercise 5 trials are appended to search_<stage>.jsonl and bonus.jsonl as they finish; a\n"
+               "rerun skips those made with the same settings, data and code. A single step reuses what it needs\n"
+               "from results.json when the same code made it. One run at a time writes a folder.")
     p.add_argument("step", nargs="?", default="all", choices=["all", *STEPS, *EXTRA_STEPS, "report"],
                    help="run one step alone (default: all)")
     p.add_argument("--data-dir", help="folder of the CIFAR-10 python batches (default: $CIFAR10_DIR, else "
                                       "data/cifar-10-batches-py, downloaded there if missing)")
-    p.add_argument("--out-dir", default=str(PROJECT_DIR), help="where figures/ and the results go (default: %(default)s)")
+    p.add_argument("--out-dir", help="where figures/ and the results go (default: this folder for a full run, "
+                                     "runs/<run>/ for --quick or when this folder holds another run)")
     p.add_argument("--seed", type=int, default=0, help="one seed reproduces every result (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in seconds, for smoke tests")
     p.add_argument("--float64", action="store_true", help="train in float64 instead of float32")
+    p.add_argument("--replace", action="store_true", help="if --out-dir holds another run, move its outputs to "
+                                                          "<out-dir>/replaced/ and start afresh")
     return p.parse_args(argv)
+
+
+# What a folder of results belongs to, and the checks that keep runs from destroying each other
+
+RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "results_bonus.json", "results_bonus.txt", "figures",
+               "report/report.pdf", "report/bonus.pdf")  # what --replace moves aside; the trial caches stay
+
+
+def identity(seed: int, quick: bool, dtype: str, data_dir: Path) -> dict:
+    """What a run is: its seed, sizes, dtype, and the data (a hash of every batch file's bytes)."""
+    return {"seed": seed, "quick": quick, "dtype": dtype,
+            "data": short_hash(*(file_digest(Path(data_dir) / f) for f in CIFAR_FILES))}
+
+
+def describe(h: dict) -> str:
+    return (f"seed {h.get('seed')}, {'quick' if h.get('quick') else 'full'} sizes, {h.get('dtype')}, "
+            f"data {h.get('data') or 'unknown (an older version made it)'}")
+
+
+def run_name(h: dict) -> str:
+    return f"{'quick' if h['quick'] else 'full'}-seed{h['seed']}-{h['dtype']}-{h['data'][:8]}"
+
+
+def check_args(args) -> None:
+    """Refuse arguments that cannot make a run, before anything on disk is touched."""
+    if not 0 <= args.seed < 2 ** 32:
+        raise ConfigError(f"--seed {args.seed}: must be an integer from 0 to 2**32 - 1")
+    if args.out_dir is not None:
+        if not args.out_dir.strip() or any(c in args.out_dir for c in "\n\r\t\0"):
+            raise StateError(f"--out-dir {args.out_dir!r}: not a folder name")
+        if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+            raise StateError(f"--out-dir {args.out_dir}: exists and is not a folder")
+
+
+def choose_out_dir(arg: str | None, header: dict, data_dir: Path) -> Path:
+    """--out-dir as given; by default this folder for a full run, unless it holds another run: then, and for every
+    --quick run, runs/<run>/ (ignored by git), so that no smoke test touches the committed results."""
+    if arg is not None:
+        out = Path(arg)
+    else:
+        try:
+            held = json.loads((PROJECT_DIR / "results.json").read_text())
+        except (OSError, ValueError):
+            held = None  # nothing there (or damaged: open_run sets it aside)
+        same = not isinstance(held, dict) or {k: held.get(k) for k in header} == header
+        out = PROJECT_DIR if same and not header["quick"] else PROJECT_DIR / "runs" / run_name(header)
+    data = Path(data_dir).resolve()
+    if out.resolve() == data or data in out.resolve().parents:
+        raise StateError(f"--out-dir {out}: inside the data folder {data_dir}; write the results elsewhere")
+    return out
+
+
+def results_problem(res) -> str | None:
+    """None if res is a results.json this program wrote, else what is wrong with it."""
+    if not isinstance(res, dict):
+        return "not a results object"
+    if not (type(res.get("seed")) is int and res["seed"] >= 0 and isinstance(res.get("quick"), bool)
+            and res.get("dtype") in ("float32", "float64")):
+        return "its seed, quick or dtype is missing or invalid"
+    if not isinstance(res.get("code", {}), dict):
+        return "its code record is not a dict"
+    return None
+
+
+def timings_problem(t) -> str | None:
+    ok = isinstance(t, dict) and all(isinstance(k, str) and is_nonneg(v) for k, v in t.items())
+    return None if ok else "not a table of seconds per step"
+
+
+def step_problem(r) -> str | None:
+    """None if r is a stored step result to believe: its trials, accuracies, lam and cfg are plausible."""
+    if not isinstance(r, dict):
+        return "not a step result"
+    if "trials" in r and not (isinstance(r["trials"], list) and r["trials"]):
+        return "no trials"
+    for t in r.get("trials", []):
+        if problem := trial_problem(t):
+            return f"a trial: {problem}"
+    if "test_acc" in r and not is_fraction(r["test_acc"]):
+        return f"test_acc={r['test_acc']!r} is not an accuracy in [0, 1]"
+    if "lam" in r and not is_nonneg(r["lam"]):
+        return f"lam={r['lam']!r} is not a number >= 0"
+    return config_problem(r["cfg"]) if "cfg" in r else None
+
+
+def open_run(out_dir: Path, header: dict, replace_: bool, log=print) -> dict:
+    """The results.json in out_dir if it belongs to the run `header` ({} when there is none). One that is damaged
+    is set aside; one of another run stops the program (StateError) before anything is written, unless replace_:
+    then that run's outputs move to out_dir/replaced/<time>-<run>/."""
+    res = read_json(out_dir / "results.json", results_problem, log)
+    if res is None:
+        return {}
+    if {k: res.get(k) for k in header} == header:
+        return res
+    if not replace_:
+        raise StateError(f"{out_dir} holds the results of another run ({describe(res)}); this run is "
+                         f"({describe(header)}). Nothing was changed: pass another --out-dir, or --replace to move "
+                         f"that run's outputs to {out_dir / 'replaced'}/ and start afresh")
+    old = dict(res, data=res.get("data") or "unknown")
+    dest = move_aside(out_dir, RUN_OUTPUTS, out_dir / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-"
+                                                                     f"{run_name(old)}")
+    log(f"--replace: moved the outputs of the run ({describe(res)}) to {dest}")
+    return {}
+
+
+def save_run(out_dir: Path, results: dict, timings: dict) -> None:
+    """results.json, timings.json and results.txt, each written whole."""
+    write_atomic(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+    write_atomic(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
+    write_atomic(out_dir / "results.txt", format_results(results, timings))
+
+
+def run_steps(ctx: Context, steps: list[str], results: dict, timings: dict) -> float:
+    """Run steps in order, saving every result as soon as its step ends; returns the seconds they took."""
+    t_start = time.perf_counter()
+    for step in steps:
+        print(f"== {step}", flush=True)
+        t0 = time.perf_counter()
+        value = (STEPS | EXTRA_STEPS)[step](ctx)
+        seconds = time.perf_counter() - t0
+        if step == "bonus":  # Exercise 5 keeps its own files
+            seconds = value["train_seconds"]  # its trials may come from earlier, interrupted runs
+            write_atomic(ctx.out_dir / "results_bonus.json", json.dumps(value, indent=1) + "\n")
+            write_atomic(ctx.out_dir / "results_bonus.txt", format_bonus(value))
+        else:
+            ctx.results[step] = value
+        for done, v in ctx.results.items():  # a step may have computed the steps it depends on too
+            results[done] = v
+            results["code"][done] = code_fingerprint()
+        timings[step] = round(seconds, 2)
+        save_run(ctx.out_dir, results, timings)
+        print(f"== {step} took {seconds:.1f} s" + (" of training, its trials' times summed" if step == "bonus" else ""),
+              flush=True)
+    return time.perf_counter() - t_start
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = Path(args.out_dir)
-    results_path, timings_path = out_dir / "results.json", out_dir / "timings.json"
+    out_dir = None
     try:
+        check_args(args)
         if args.step == "report":
-            pdf = build_report(out_dir)
-            print(f"wrote {pdf}")
+            out_dir = Path(args.out_dir) if args.out_dir is not None else PROJECT_DIR
+            with FolderLock(out_dir):
+                print(f"wrote {build_report(out_dir)}")
             return 0
         data_dir, is_default = resolve_data_dir(args.data_dir)
         data_dir = ensure_data(data_dir, is_default)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plan = quick_plan() if args.quick else Plan()
-        header = {"seed": args.seed, "quick": args.quick, "dtype": "float64" if args.float64 else "float32"}
-        stored = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        if args.step == "all" or {k: stored.get(k) for k in header} != header:
-            stored = {}  # a fresh run (finished search trials stay in search_*.jsonl)
-            results_path.unlink(missing_ok=True)
-            timings_path.unlink(missing_ok=True)
-        for k, v in header.items():
-            update_json(results_path, k, v)
-        ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"], results={}, stored=stored)
-        steps = list(STEPS) if args.step == "all" else [args.step]
-        t_start = time.perf_counter()
-        for step in steps:
-            print(f"== {step}", flush=True)
-            t0 = time.perf_counter()
-            ctx.results[step] = (STEPS | EXTRA_STEPS)[step](ctx)
-            seconds = time.perf_counter() - t0
-            if step == "bonus":  # Exercise 5 keeps its own files
-                bonus = ctx.results.pop(step)
-                seconds = bonus["train_seconds"]  # its trials may come from earlier, interrupted runs
-                (out_dir / "results_bonus.json").write_text(json.dumps(bonus, indent=1) + "\n")
-                (out_dir / "results_bonus.txt").write_text(format_bonus(bonus))
-            for done in ctx.results:  # a step may have computed the steps it depends on too
-                results = update_json(results_path, done, ctx.results[done])
-            timings = update_json(timings_path, step, round(seconds, 2))
-            (out_dir / "results.txt").write_text(format_results(results, timings))
-            print(f"== {step} took {seconds:.1f} s" + (" of training, its trials' times summed" if step == "bonus" else ""),
-                  flush=True)
-        total = time.perf_counter() - t_start
-        if args.step == "all":
-            timings = update_json(timings_path, "total", round(total, 2))
-            (out_dir / "results.txt").write_text(format_results(results, timings))
-        print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {results_path}, {out_dir / 'figures'}")
+        header = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
+        batches = {name: load_batch(data_dir / name) for name in CIFAR_FILES}  # bad data stops us here
+        out_dir = choose_out_dir(args.out_dir, header, data_dir)
+        with FolderLock(out_dir):
+            stored = open_run(out_dir, header, args.replace)
+            timings = read_json(out_dir / "timings.json", timings_problem) if stored else None
+            results = {**header, "code": {}, **stored}
+            ctx = Context(data_dir, out_dir, quick_plan() if args.quick else Plan(), args.seed, header["dtype"],
+                          results={}, stored={} if args.step == "all" else stored, cache=batches)
+            steps = list(STEPS) if args.step == "all" else [args.step]
+            print(f"run: {describe(header)}; writing to {out_dir}", flush=True)
+            total = run_steps(ctx, steps, results, timings or {})
+            if args.step == "all":
+                save_run(out_dir, results, (timings or {}) | {"total": round(total, 2)})
+        print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {out_dir / 'results.json'}, {out_dir / 'figures'}")
         return 0
-    except (DataError, ConfigError, Diverged) as e:
+    except (DataError, ConfigError, Diverged, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished steps are in {results_path}, finished search trials in "
-              f"{out_dir}/search_*.jsonl; run the same command again to resume", file=sys.stderr)
+        where = f" in {out_dir}" if out_dir is not None else ""
+        print(f"\ninterrupted: finished steps and trials are saved{where}; run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

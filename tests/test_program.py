@@ -90,7 +90,7 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert len(bonus["longs"]) == 2 and bonus["long"] in bonus["longs"]
     assert bonus["long_seeds"]["seeds"] == [3, 4] and bonus["long_seeds"]["test_acc"][0] == bonus["long"]["test_acc"]
     assert 0.1 < bonus["long"]["test_acc_mirror"] < 1 and "val_acc_mirror" in bonus["long"]
-    saved = dict(np.load(outs[0] / "models" / "bonus_long_0.npz"))  # the long run's network, back in pixel space
+    saved = dict(np.load(outs[0] / "models" / f"bonus_long_0.seed3.n{bonus['n_train']}.float32.npz"))  # pixel space
     assert saved["W1"].shape == (60, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
     assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png"} <= {
         p.name for p in (outs[0] / "figures").iterdir()}

@@ -1,5 +1,6 @@
 """The trainer, its refusals, divergence handling, and the resumable search."""
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -173,7 +174,11 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
     with pytest.raises(Stop):
         a.run(s, s, cfg, np.random.default_rng(1), log=stop_at_third_point, progress=progress)
     assert progress[0].is_file()
-    assert a.load_progress(progress[0], "another run") is None  # a file from other settings is not used
+    foreign, warnings = tmp_path / "foreign.npz", []
+    shutil.copy(progress[0], foreign)
+    assert a.load_progress(foreign, "another run", warnings.append) is None  # other settings: not used, ...
+    assert not foreign.exists() and len(list(tmp_path.glob("foreign.npz.set-aside-*"))) == 1  # ... set aside
+    assert len(warnings) == 1 and "belongs to another run" in warnings[0]
     lines = []
     resumed = a.run(s, s, cfg, np.random.default_rng(1), log=lines.append, progress=progress)
     assert "resumed at step 6/36" in lines[0]
@@ -182,8 +187,36 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
     assert resumed[1] == whole[1] or str(resumed[1]) == str(whole[1])  # nan != nan, so compare the text too
 
 
-def test_a_damaged_progress_file_means_starting_again(tmp_path):
+def _progress_file(tmp_path, meta, **arrays):
     path = tmp_path / "p.npz"
-    path.write_bytes(b"not a zip file")
-    assert a.load_progress(path, "tag") is None
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["not a zip", "meta not a dict", "bad step", "bad rng", "wrong shape"])
+def test_a_damaged_progress_file_is_set_aside_and_the_run_starts_again(tmp_path, kind):
+    rng_state = np.random.default_rng(0).bit_generator.state
+    meta = {"tag": "tag", "t": 3, "seconds": 1.0, "rng": rng_state, "hist": {}}
+    if kind == "not a zip":
+        path = tmp_path / "p.npz"
+        path.write_bytes(b"not a zip file")
+    elif kind == "meta not a dict":
+        path = _progress_file(tmp_path, [1, 2], perm=np.arange(4))
+    elif kind == "bad step":
+        path = _progress_file(tmp_path, meta | {"t": -5}, perm=np.arange(4))
+    elif kind == "bad rng":
+        path = _progress_file(tmp_path, meta | {"rng": {"bit_generator": "nonsense"}}, perm=np.arange(4))
+    else:
+        path = _progress_file(tmp_path, meta, perm=np.arange(3))
+    warnings = []
+    assert a.load_progress(path, "tag", warnings.append, like={"perm": np.arange(4)}) is None
+    assert len(warnings) == 1 and str(path) in warnings[0] and "set aside" in warnings[0]
+    assert not path.exists() and len(list(tmp_path.glob("p.npz.set-aside-*"))) == 1  # renamed, not deleted
     assert a.load_progress(tmp_path / "missing.npz", "tag") is None
+
+
+def test_a_good_progress_file_is_read(tmp_path):
+    meta = {"tag": "tag", "t": 3, "seconds": 1.0, "rng": np.random.default_rng(0).bit_generator.state, "hist": {}}
+    path = _progress_file(tmp_path, meta, perm=np.arange(4))
+    got_meta, arrays = a.load_progress(path, "tag", like={"perm": np.arange(4)})
+    assert got_meta == meta and arrays["perm"].tolist() == [0, 1, 2, 3]

@@ -1,0 +1,211 @@
+"""The program's own files, kept trustworthy: tooling beside assignment2.py, not the assignment.
+
+- write_atomic / atomic_path: a file is written whole or not at all (a temporary name in the same
+  folder, then os.replace), so an interruption never leaves half a results file, PDF or weights.
+- FolderLock: one writer per output folder (fcntl.flock on a lock file held for the whole run).
+- read_json / read_jsonl: a state file is validated when read; a damaged one is set aside (renamed,
+  never deleted) with one warning line, and an implausible record is not believed.
+- file_digest / source_fingerprint: what made a cached result (the bytes of the data files, the
+  code that trains), so that a cache is reused only for the same data and code.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+class StateError(Exception):
+    """A problem with the program's own files or folders, reported as one line."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: whole files only
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one
+    step, when it fails it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write text or bytes to path whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in one write and flush it to disk: a finished trial's record survives a
+    crash that follows it; a crash during the write leaves at most a cut line, which read_jsonl
+    skips."""
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------------------
+# One writer per folder
+
+class FolderLock:
+    """An exclusive lock on `folder` for the lifetime of a run: a second run into the same folder
+    stops at once with StateError naming the process that holds it. The kernel drops the lock when
+    the holder exits, however it exits, so a crashed run never leaves the folder locked."""
+    NAME = ".assignment2.lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self.fd = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StateError(f"{self.path.parent}: another run is writing to this folder "
+                             f"({holder}); wait for it to end or pass another --out-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock; the file stays for the next holder
+        self.fd = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading: validated, and set aside when damaged
+
+def set_aside(path: Path, why: str, log=print) -> Path:
+    """Rename a damaged or foreign file to <name>.set-aside-<time> beside it; say so in one line."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        dest = path.with_name(f"{path.name}.set-aside-{stamp}" + (f"-{i}" if i else ""))
+        if not dest.exists():
+            break
+    os.replace(path, dest)
+    log(f"warning: {path}: {why}; set aside as {dest.name}")
+    return dest
+
+
+def read_json(path: Path, check, log=print):
+    """The JSON value in path if check(value) accepts it (check returns None, or a complaint). A
+    missing file gives None; one that is not valid JSON, or that check refuses, is set aside with a
+    warning and gives None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        set_aside(path, f"not valid JSON ({e})", log)
+        return None
+    if (problem := check(value)) is not None:
+        set_aside(path, problem, log)
+        return None
+    return value
+
+
+def read_jsonl(path: Path, check, log=print) -> list:
+    """The records of a JSON-lines file that parse and that check() accepts (check returns None,
+    or a complaint). Every other line (cut short by an interruption, or not to be believed) is
+    skipped, with one warning line that counts them and names the first. The file stays as it is."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, bad = [], []
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            bad.append(f"line {i} is not valid JSON")
+            continue
+        if (problem := check(record)) is not None:
+            bad.append(f"line {i}: {problem}")
+            continue
+        records.append(record)
+    if bad:
+        log(f"warning: {path}: skipped {len(bad)} line(s) that cannot be believed ({bad[0]})")
+    return records
+
+
+def is_fraction(x) -> bool:
+    """A finite number in [0, 1] (an accuracy); bool is not a number here."""
+    return is_nonneg(x) and x <= 1
+
+
+def is_nonneg(x) -> bool:
+    """A finite number >= 0 (a lam, a count of seconds)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Fingerprints: what made a result
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def short_hash(*parts: str) -> str:
+    """16 hex digits naming the parts together."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def source_fingerprint(source_file: Path, exclude=()) -> str:
+    """A hash of a Python file's top-level code as code: docstrings, comments, layout and imports do
+    not count, nor the functions and classes whose names match a pattern of `exclude` (fnmatch), so
+    rewording a comment keeps every cache while any change to what the rest of the code does makes a
+    new fingerprint."""
+    tree = ast.parse(Path(source_file).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and _docstring(node):
+            node.body = node.body[1:] or [ast.Pass()]
+    kept = [node for node in tree.body if not isinstance(node, (ast.Import, ast.ImportFrom))
+            and not any(fnmatch.fnmatchcase(getattr(node, "name", ""), p) for p in exclude)]
+    return short_hash(*(ast.unparse(node) for node in kept))
+
+
+def _docstring(node) -> bool:
+    first = node.body[0] if node.body else None
+    return (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str))
+
+
+def move_aside(folder: Path, names, dest: Path) -> Path:
+    """Move the files and folders `names` (paths relative to folder) that exist into dest, keeping
+    their relative paths; nothing is deleted. Returns dest."""
+    for name in names:
+        if (folder / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(folder / name, dest / name)
+    return dest
