@@ -8,11 +8,13 @@ Run it
 
 Data: --data-dir, else $CIFAR10_DIR, else data/cifar-10-batches-py (downloaded there when missing).
 
-Writes under --out-dir (default: this folder)
+Writes under --out-dir (default: this folder for a full run, runs/<run>/ for --quick or when this folder holds another
+run; a folder holding another run is never written into, see --help)
     figures/*.png       Figure 3 and 4 replicas, the schedule, both searches, the final run
     results.json        the numbers (keys fig3, fig4, coarse, fine, final, gradcheck, overfit); same seed, same file
     results.txt         the same numbers for people, plus how long each part took
     search_coarse.jsonl, search_fine.jsonl   one line per finished search trial (a rerun resumes from them)
+The program's own files (atomic writes, the folder lock, validated reads, fingerprints) are handled by runfiles.py.
 
 Conventions: X is d x n (one column per image, stored Fortran-ordered so a column is contiguous), Y is K x n one-hot,
 y holds the n labels 0..K-1. Params and grads are dicts with keys W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1).
@@ -833,8 +835,8 @@ def search_ns(plan: Plan, n_train: int, n_batch: int) -> int:
 # Caches know what made them: a trial is reused only for the same settings, seed, data and code.
 NOT_NUMBERS = ("plot_*", "format_*", "_pyplot", "save_figure", "pct", "report_values", "bonus_values", "final_test_acc",
                "_layout_pdf", "_report_input", "build_report", "parse_args", "main", "check_args", "choose_out_dir",
-               "open_run", "describe", "identity", "run_name", "*_problem", "save_run", "run_steps",
-               "code_fingerprint", "data_fingerprint")
+               "open_run", "describe", "identity", "run_name", "check_sizes", "*_problem", "save_run", "run_steps",
+               "code_fingerprint", "data_fingerprint", "NOT_NUMBERS", "RUN_OUTPUTS")
 
 
 @functools.lru_cache(maxsize=1)
@@ -1763,6 +1765,17 @@ def check_args(args) -> None:
             raise StateError(f"--out-dir {args.out_dir}: exists and is not a folder")
 
 
+def check_sizes(plan: Plan, batches: dict) -> None:
+    """Refuse data too small for the plan's splits, before anything is written."""
+    n_first = min(batches[f].n for f in CIFAR_FILES[:2])
+    n_five = sum(batches[f].n for f in CIFAR_FILES[:5])
+    n_val = max(plan.n_val_search, plan.n_val_final)
+    if n_first < max(plan.overfit_n, Config.n_batch) or n_five < n_val + Config.n_batch:
+        raise ConfigError(f"too few images for these sizes: data_batch_1 and 2 hold {n_first} or more each, the "
+                          f"five training batches {n_five}; they need {max(plan.overfit_n, Config.n_batch)} each "
+                          f"and {n_val + Config.n_batch} together (try --quick, or the full CIFAR-10 batches)")
+
+
 def choose_out_dir(arg: str | None, header: dict, data_dir: Path) -> Path:
     """--out-dir as given; by default this folder for a full run, unless it holds another run: then, and for every
     --quick run, runs/<run>/ (ignored by git), so that no smoke test touches the committed results."""
@@ -1878,19 +1891,21 @@ def main(argv=None) -> int:
         data_dir, is_default = resolve_data_dir(args.data_dir)
         data_dir = ensure_data(data_dir, is_default)
         header = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
-        batches = {name: load_batch(data_dir / name) for name in CIFAR_FILES}  # bad data stops us here
         out_dir = choose_out_dir(args.out_dir, header, data_dir)
+        batches = {name: load_batch(data_dir / name) for name in CIFAR_FILES}  # bad data stops us here
+        plan = quick_plan() if args.quick else Plan()
+        check_sizes(plan, batches)
         with FolderLock(out_dir):
             stored = open_run(out_dir, header, args.replace)
-            timings = read_json(out_dir / "timings.json", timings_problem) if stored else None
+            timings = (read_json(out_dir / "timings.json", timings_problem) if stored else None) or {}
             results = {**header, "code": {}, **stored}
-            ctx = Context(data_dir, out_dir, quick_plan() if args.quick else Plan(), args.seed, header["dtype"],
+            ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"],
                           results={}, stored={} if args.step == "all" else stored, cache=batches)
             steps = list(STEPS) if args.step == "all" else [args.step]
             print(f"run: {describe(header)}; writing to {out_dir}", flush=True)
-            total = run_steps(ctx, steps, results, timings or {})
+            total = run_steps(ctx, steps, results, timings)
             if args.step == "all":
-                save_run(out_dir, results, (timings or {}) | {"total": round(total, 2)})
+                save_run(out_dir, results, timings | {"total": round(total, 2)})
         print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {out_dir / 'results.json'}, {out_dir / 'figures'}")
         return 0
     except (DataError, ConfigError, Diverged, StateError) as e:

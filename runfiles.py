@@ -183,16 +183,24 @@ def short_hash(*parts: str) -> str:
 
 def source_fingerprint(source_file: Path, exclude=()) -> str:
     """A hash of a Python file's top-level code as code: docstrings, comments, layout and imports do
-    not count, nor the functions and classes whose names match a pattern of `exclude` (fnmatch), so
-    rewording a comment keeps every cache while any change to what the rest of the code does makes a
-    new fingerprint."""
+    not count, nor the functions, classes and constants whose names match a pattern of `exclude`
+    (fnmatch), so rewording a comment keeps every cache while any change to what the rest of the
+    code does makes a new fingerprint."""
     tree = ast.parse(Path(source_file).read_text())
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and _docstring(node):
             node.body = node.body[1:] or [ast.Pass()]
     kept = [node for node in tree.body if not isinstance(node, (ast.Import, ast.ImportFrom))
-            and not any(fnmatch.fnmatchcase(getattr(node, "name", ""), p) for p in exclude)]
+            and not any(fnmatch.fnmatchcase(_name(node), p) for p in exclude)]
     return short_hash(*(ast.unparse(node) for node in kept))
+
+
+def _name(node) -> str:
+    """The name a top-level statement defines: a function, a class, or one assigned constant."""
+    targets = node.targets if isinstance(node, ast.Assign) else []
+    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+        return targets[0].id
+    return getattr(node, "name", "")
 
 
 def _docstring(node) -> bool:

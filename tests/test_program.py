@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import assignment2 as a
 from conftest import ROOT, write_batch
 
 import numpy as np
@@ -68,6 +69,7 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert res["overfit"]["loss"] < 0.05
     text = (outs[0] / "results.txt").read_text()
     assert "Figure 3" in text and "Final run" in text and "total" in text
+    assert set(json.loads((outs[0] / "timings.json").read_text())) == {*a.STEPS, "total"}
     figures = {p.name for p in (outs[0] / "figures").glob("*.png")}
     assert {"fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png", "fig3_schedule.png"} <= figures
     assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(res["coarse"]["trials"])

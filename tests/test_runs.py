@@ -41,7 +41,7 @@ def copy_run(quick_run, tmp_path):
     return tmp_path / "run", shared
 
 
-# ---- results belong to a run ---------------------------------------------------------------------------------
+# ---- results belong to a run ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("change", [("--seed", "1"), ("--float64",)])
 def test_a_step_of_another_run_stops_before_touching_the_folder(quick_run, tmp_path, change):
@@ -112,7 +112,7 @@ def test_an_out_dir_that_is_a_file_or_inside_the_data_is_refused(tiny_cifar, tmp
     assert not (folder / "out").exists()
 
 
-# ---- one writer per folder -----------------------------------------------------------------------------------
+# ---- one writer per folder -----------------------------------------------------------------------
 
 def test_a_second_run_into_a_locked_folder_stops_at_once(quick_run, tmp_path):
     out, shared = copy_run(quick_run, tmp_path)
@@ -141,7 +141,7 @@ def test_two_runs_started_together_never_mix(quick_run, tmp_path):
     assert len(list((out / "replaced").iterdir())) == codes.count(0)  # each run that wrote kept the one before
 
 
-# ---- caches know what made them ------------------------------------------------------------------------------
+# ---- caches know what made them ------------------------------------------------------------------
 
 def blobs(n, seed):
     rng = np.random.default_rng(seed)
@@ -179,6 +179,12 @@ def test_the_code_fingerprint_ignores_comments_and_sees_code(tmp_path):
     assert runfiles.source_fingerprint(src, exclude=("plot_*",)) == base
     src.write_text('def f(x):\n    return x + 2\n')
     assert runfiles.source_fingerprint(src, exclude=("plot_*",)) != base
+    src.write_text('SKIP = ("a",)\nK = 10\n')
+    one = runfiles.source_fingerprint(src, exclude=("SKIP",))
+    src.write_text('SKIP = ("a", "b")\nK = 10\n')
+    assert runfiles.source_fingerprint(src, exclude=("SKIP",)) == one  # the exclusion list itself
+    src.write_text('SKIP = ("a", "b")\nK = 11\n')
+    assert runfiles.source_fingerprint(src, exclude=("SKIP",)) != one  # a constant the code uses
 
 
 def test_a_search_on_altered_data_recomputes_its_trials(quick_run, tmp_path):
@@ -197,7 +203,7 @@ def test_a_search_on_altered_data_recomputes_its_trials(quick_run, tmp_path):
     assert "kept from" not in done.stdout
 
 
-# ---- damaged state files -------------------------------------------------------------------------------------
+# ---- damaged state files -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,content", [("results.json", "{not json"), ("results.json", "[1, 2]"),
                                           ("results.json", '{"seed": "zero"}'), ("timings.json", "{oops"),
@@ -260,7 +266,7 @@ def test_a_stored_step_made_by_other_code_is_computed_again(quick_run, tmp_path)
     assert "results.json: coarse was made by other code; computing it again" in done.stdout
 
 
-# ---- whole files only ----------------------------------------------------------------------------------------
+# ---- whole files only ----------------------------------------------------------------------------
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "results.txt"
@@ -288,3 +294,10 @@ def test_the_report_checks_its_inputs_and_never_leaves_a_partial_pdf(quick_run, 
     assert done.returncode == 1 and "results.json: not valid JSON" in done.stderr and "Traceback" not in done.stderr
     assert (out / "report" / "report.pdf").read_bytes() == b"%PDF the good one"
     assert sorted(p.name for p in (out / "report").iterdir()) == ["report.pdf"]  # no temporary left behind
+
+
+def test_data_too_small_for_the_sizes_is_refused_before_anything_is_written(tiny_cifar, tmp_path):
+    folder, _ = tiny_cifar  # 40 images per batch
+    done = run_program("fig3", "--data-dir", str(folder), "--out-dir", str(tmp_path / "out"))
+    assert done.returncode == 1 and "too few images for these sizes" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
