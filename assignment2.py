@@ -1262,13 +1262,13 @@ def _layout_pdf(text: str, base_dir: Path, pdf_path: Path) -> int:
     return pages
 
 
-def bonus_values(bonus: dict, seed: int, quick: bool, lam50: float) -> dict:
+def bonus_values(bonus: dict, seed: int, quick: bool) -> dict:
     """The named numbers and tables that report/bonus.md refers to as {name}."""
     rows, best, rt = bonus["ablation"], bonus["best"], bonus["range_test"]
     v = {"seed": seed, "n_train": bonus["n_train"], "n_val": bonus["n_val"], "m_wide": rows[1]["cfg"]["m"],
          "shift": rows[4]["cfg"]["shift"], "range_lo": f"{rt['cfg']['eta_min']:g}", "range_hi": f"{rt['cfg']['eta_max']:g}",
          "range_epochs": round(2 * rt["cfg"]["n_s"] * rt["cfg"]["n_batch"] / bonus["n_train"]),
-         "eta_max": f"{rt['eta_max']:.4g}", "lam_wide": f"{bonus['lam_wide']:g}", "lam50": f"{lam50:.3g}",
+         "eta_max": f"{rt['eta_max']:.4g}", "lam_wide": f"{bonus['lam_wide']:g}", "lam50": f"{rows[0]['cfg']['lam']:.3g}",
          "lam_cycles": bonus["wide_lam"][0]["cfg"]["n_cycles"],
          "wide_lams": "; ".join(f"lam = {t['lam']:g}: {pct(t['val_acc'])}" for t in bonus["wide_lam"]),
          "ablation_cycles": rows[0]["cfg"]["n_cycles"], "ablation_ns": rows[0]["cfg"]["n_s"],
@@ -1348,7 +1348,7 @@ def build_report(out_dir: Path, template: Path = PROJECT_DIR / "report" / "repor
     if (out_dir / "results_bonus.json").is_file():  # Exercise 5 has its own report, built the same way
         bonus = _report_input(out_dir / "results_bonus.json", "run `python assignment2.py bonus` again")
         jobs.append((template.parent / "bonus.md",
-                     lambda: bonus_values(bonus, res["seed"], res.get("quick", False), res["final"]["lam"]),
+                     lambda: bonus_values(bonus, res["seed"], res.get("quick", False)),
                      "results_bonus.json"))
     pages = []
     for tpl, values, source in jobs:
