@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runfiles import (FolderLock, StateError, append_line, atomic_path, file_digest, is_fraction, is_nonneg,
-                      move_aside, read_json, read_jsonl, set_aside, short_hash, source_fingerprint, write_atomic)
+from runfiles import (FolderLock, StateError, append_line, atomic_path, choose_out_dir, describe,
+                      identity, is_fraction, is_nonneg, open_run, read_json, read_jsonl, set_aside,
+                      source_fingerprint, timings_problem, write_atomic)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -1733,27 +1734,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# What a folder of results belongs to, and the checks that keep runs from destroying each other
-
-RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "results_bonus.json", "results_bonus.txt", "figures",
-               "report/report.pdf", "report/bonus.pdf")  # what --replace moves aside; the trial caches stay
-
-
-def identity(seed: int, quick: bool, dtype: str, data_dir: Path) -> dict:
-    """What a run is: its seed, sizes, dtype, and the data (a hash of every batch file's bytes)."""
-    return {"seed": seed, "quick": quick, "dtype": dtype,
-            "data": short_hash(*(file_digest(Path(data_dir) / f) for f in CIFAR_FILES))}
-
-
-def describe(h: dict) -> str:
-    return (f"seed {h.get('seed')}, {'quick' if h.get('quick') else 'full'} sizes, {h.get('dtype')}, "
-            f"data {h.get('data') or 'unknown (an older version made it)'}")
-
-
-def run_name(h: dict) -> str:
-    return f"{'quick' if h['quick'] else 'full'}-seed{h['seed']}-{h['dtype']}-{h['data'][:8]}"
-
-
 def check_args(args) -> None:
     """Refuse arguments that cannot make a run, before anything on disk is touched."""
     if not 0 <= args.seed < 2 ** 32:
@@ -1776,41 +1756,6 @@ def check_sizes(plan: Plan, batches: dict) -> None:
                           f"and {n_val + Config.n_batch} together (try --quick, or the full CIFAR-10 batches)")
 
 
-def choose_out_dir(arg: str | None, header: dict, data_dir: Path) -> Path:
-    """--out-dir as given; by default this folder for a full run, unless it holds another run: then, and for every
-    --quick run, runs/<run>/ (ignored by git), so that no smoke test touches the committed results."""
-    if arg is not None:
-        out = Path(arg)
-    else:
-        try:
-            held = json.loads((PROJECT_DIR / "results.json").read_text())
-        except (OSError, ValueError):
-            held = None  # nothing there (or damaged: open_run sets it aside)
-        same = not isinstance(held, dict) or {k: held.get(k) for k in header} == header
-        out = PROJECT_DIR if same and not header["quick"] else PROJECT_DIR / "runs" / run_name(header)
-    data = Path(data_dir).resolve()
-    if out.resolve() == data or data in out.resolve().parents:
-        raise StateError(f"--out-dir {out}: inside the data folder {data_dir}; write the results elsewhere")
-    return out
-
-
-def results_problem(res) -> str | None:
-    """None if res is a results.json this program wrote, else what is wrong with it."""
-    if not isinstance(res, dict):
-        return "not a results object"
-    if not (type(res.get("seed")) is int and res["seed"] >= 0 and isinstance(res.get("quick"), bool)
-            and res.get("dtype") in ("float32", "float64")):
-        return "its seed, quick or dtype is missing or invalid"
-    if not isinstance(res.get("code", {}), dict):
-        return "its code record is not a dict"
-    return None
-
-
-def timings_problem(t) -> str | None:
-    ok = isinstance(t, dict) and all(isinstance(k, str) and is_nonneg(v) for k, v in t.items())
-    return None if ok else "not a table of seconds per step"
-
-
 def step_problem(r) -> str | None:
     """None if r is a stored step result to believe: its trials, accuracies, lam and cfg are plausible."""
     if not isinstance(r, dict):
@@ -1825,26 +1770,6 @@ def step_problem(r) -> str | None:
     if "lam" in r and not is_nonneg(r["lam"]):
         return f"lam={r['lam']!r} is not a number >= 0"
     return config_problem(r["cfg"]) if "cfg" in r else None
-
-
-def open_run(out_dir: Path, header: dict, replace_: bool, log=print) -> dict:
-    """The results.json in out_dir if it belongs to the run `header` ({} when there is none). One that is damaged
-    is set aside; one of another run stops the program (StateError) before anything is written, unless replace_:
-    then that run's outputs move to out_dir/replaced/<time>-<run>/."""
-    res = read_json(out_dir / "results.json", results_problem, log)
-    if res is None:
-        return {}
-    if {k: res.get(k) for k in header} == header:
-        return res
-    if not replace_:
-        raise StateError(f"{out_dir} holds the results of another run ({describe(res)}); this run is "
-                         f"({describe(header)}). Nothing was changed: pass another --out-dir, or --replace to move "
-                         f"that run's outputs to {out_dir / 'replaced'}/ and start afresh")
-    old = dict(res, data=res.get("data") or "unknown")
-    dest = move_aside(out_dir, RUN_OUTPUTS, out_dir / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-"
-                                                                     f"{run_name(old)}")
-    log(f"--replace: moved the outputs of the run ({describe(res)}) to {dest}")
-    return {}
 
 
 def save_run(out_dir: Path, results: dict, timings: dict) -> None:
@@ -1890,31 +1815,32 @@ def main(argv=None) -> int:
             return 0
         data_dir, is_default = resolve_data_dir(args.data_dir)
         data_dir = ensure_data(data_dir, is_default)
-        header = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
-        out_dir = choose_out_dir(args.out_dir, header, data_dir)
-        batches = {name: load_batch(data_dir / name) for name in CIFAR_FILES}  # bad data stops us here
+        run = identity(args.seed, args.quick, "float64" if args.float64 else "float32",
+                       [data_dir / f for f in CIFAR_FILES])
+        out_dir = choose_out_dir(args.out_dir, run, PROJECT_DIR, data_dir)
+        batches = {name: load_batch(data_dir / name) for name in CIFAR_FILES}  # bad data stops here
         plan = quick_plan() if args.quick else Plan()
         check_sizes(plan, batches)
         with FolderLock(out_dir):
-            stored = open_run(out_dir, header, args.replace)
-            timings = (read_json(out_dir / "timings.json", timings_problem) if stored else None) or {}
-            results = {**header, "code": {}, **stored}
-            ctx = Context(data_dir, out_dir, plan, args.seed, header["dtype"],
-                          results={}, stored={} if args.step == "all" else stored, cache=batches)
+            stored, timings = open_run(out_dir, run, args.replace)
+            results = {**run, "code": {}, **stored}
+            ctx = Context(data_dir, out_dir, plan, args.seed, run["dtype"], results={},
+                          stored={} if args.step == "all" else stored, cache=batches)
             steps = list(STEPS) if args.step == "all" else [args.step]
-            print(f"run: {describe(header)}; writing to {out_dir}", flush=True)
+            print(f"run: {describe(run)}; writing to {out_dir}", flush=True)
             total = run_steps(ctx, steps, results, timings)
             if args.step == "all":
                 save_run(out_dir, results, timings | {"total": round(total, 2)})
-        print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {out_dir / 'results.json'}, {out_dir / 'figures'}")
+        print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {out_dir / 'results.json'}, "
+              f"{out_dir / 'figures'}")
         return 0
     except (DataError, ConfigError, Diverged, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         where = f" in {out_dir}" if out_dir is not None else ""
-        print(f"\ninterrupted: finished steps and trials are saved{where}; run the same command again to resume",
-              file=sys.stderr)
+        print(f"\ninterrupted: finished steps and trials are saved{where}; run the same command "
+              f"again to resume", file=sys.stderr)
         return 130
 
 

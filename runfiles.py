@@ -217,3 +217,83 @@ def move_aside(folder: Path, names, dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(folder / name, dest / name)
     return dest
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders: what a folder of results belongs to, so that no run destroys another's
+
+# What --replace moves aside; the trial caches stay, since each trial names what made it.
+RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "results_bonus.json",
+               "results_bonus.txt", "figures", "report/report.pdf", "report/bonus.pdf")
+
+
+def identity(seed: int, quick: bool, dtype: str, data_files) -> dict:
+    """What a run is: its seed, sizes, dtype, and its data (a hash of every data file's bytes)."""
+    return {"seed": seed, "quick": quick, "dtype": dtype,
+            "data": short_hash(*(file_digest(f) for f in data_files))}
+
+
+def describe(run: dict) -> str:
+    return (f"seed {run.get('seed')}, {'quick' if run.get('quick') else 'full'} sizes, "
+            f"{run.get('dtype')}, data {run.get('data') or 'unknown (an older version made it)'}")
+
+
+def run_name(run: dict) -> str:
+    return (f"{'quick' if run['quick'] else 'full'}-seed{run['seed']}-{run['dtype']}-"
+            f"{(run.get('data') or 'unknown')[:8]}")
+
+
+def choose_out_dir(arg: str | None, run: dict, home: Path, data_dir: Path) -> Path:
+    """--out-dir as given; by default `home` for a full run, unless it holds another run: then,
+    and for every --quick run, home/runs/<run>/ (ignored by git), so that no smoke test touches
+    the committed results. A folder inside the data folder is refused."""
+    if arg is not None:
+        out = Path(arg)
+    else:
+        try:
+            held = json.loads((Path(home) / "results.json").read_text())
+        except (OSError, ValueError):
+            held = None  # nothing there (or damaged: open_run sets it aside)
+        same = not isinstance(held, dict) or {k: held.get(k) for k in run} == run
+        out = Path(home) if same and not run["quick"] else Path(home) / "runs" / run_name(run)
+    data = Path(data_dir).resolve()
+    if out.resolve() == data or data in out.resolve().parents:
+        raise StateError(f"--out-dir {out}: inside the data folder {data_dir}; write elsewhere")
+    return out
+
+
+def results_problem(res) -> str | None:
+    """None if res is a results.json this program wrote, else what is wrong with it."""
+    if not isinstance(res, dict):
+        return "not a results object"
+    if not (type(res.get("seed")) is int and res["seed"] >= 0 and isinstance(res.get("quick"), bool)
+            and res.get("dtype") in ("float32", "float64")):
+        return "its seed, quick or dtype is missing or invalid"
+    if not isinstance(res.get("code", {}), dict):
+        return "its code record is not a dict"
+    return None
+
+
+def timings_problem(t) -> str | None:
+    ok = isinstance(t, dict) and all(isinstance(k, str) and is_nonneg(v) for k, v in t.items())
+    return None if ok else "not a table of seconds per step"
+
+
+def open_run(out_dir: Path, run: dict, replace: bool, log=print) -> tuple[dict, dict]:
+    """(results, timings) in out_dir if they belong to `run`, else ({}, {}). A damaged file is set
+    aside; the results of another run stop the program (StateError) before anything is written,
+    unless `replace`: then that run's outputs move to out_dir/replaced/<time>-<run>/."""
+    res = read_json(out_dir / "results.json", results_problem, log)
+    if res is None:
+        return {}, {}
+    if {k: res.get(k) for k in run} == run:
+        return res, read_json(out_dir / "timings.json", timings_problem, log) or {}
+    if not replace:
+        raise StateError(f"{out_dir} holds the results of another run ({describe(res)}); this run "
+                         f"is ({describe(run)}). Nothing was changed: pass another --out-dir, or "
+                         f"--replace to move that run's outputs to {out_dir / 'replaced'}/ and start "
+                         f"afresh")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = move_aside(out_dir, RUN_OUTPUTS, out_dir / "replaced" / f"{stamp}-{run_name(res)}")
+    log(f"--replace: moved the outputs of the run ({describe(res)}) to {dest}")
+    return {}, {}

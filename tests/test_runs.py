@@ -75,17 +75,17 @@ def test_a_step_of_the_same_run_keeps_every_other_result(quick_run, tmp_path):
     assert json.loads((out / "results.json").read_text()) == first  # same run, same code: same numbers
 
 
-def test_quick_and_foreign_runs_go_to_a_folder_of_their_own(tmp_path, monkeypatch):
-    monkeypatch.setattr(a, "PROJECT_DIR", tmp_path)
+def test_quick_and_foreign_runs_go_to_a_folder_of_their_own(tmp_path):
     header = {"seed": 0, "quick": False, "dtype": "float32", "data": "ab" * 8}
-    assert a.choose_out_dir(None, header, tmp_path / "data") == tmp_path  # nothing there yet
+    choose = lambda arg, run: runfiles.choose_out_dir(arg, run, tmp_path, tmp_path / "data")
+    assert choose(None, header) == tmp_path  # nothing there yet
     quick = header | {"quick": True}
-    assert a.choose_out_dir(None, quick, tmp_path / "data") == tmp_path / "runs" / "quick-seed0-float32-abababab"
+    assert choose(None, quick) == tmp_path / "runs" / "quick-seed0-float32-abababab"
     (tmp_path / "results.json").write_text(json.dumps(header))
-    assert a.choose_out_dir(None, header, tmp_path / "data") == tmp_path  # the same run: here
+    assert choose(None, header) == tmp_path  # the same run: here
     other = header | {"seed": 2}
-    assert a.choose_out_dir(None, other, tmp_path / "data") == tmp_path / "runs" / "full-seed2-float32-abababab"
-    assert a.choose_out_dir("elsewhere", other, tmp_path / "data") == a.Path("elsewhere")  # as given
+    assert choose(None, other) == tmp_path / "runs" / "full-seed2-float32-abababab"
+    assert choose("elsewhere", other) == a.Path("elsewhere")  # as given
 
 
 @pytest.mark.parametrize("args,message", [
