@@ -9,6 +9,7 @@ import pytest
 
 import assignment2 as a
 import runfiles
+from report import build
 from conftest import ROOT, SHARED_DATA, write_batch
 
 
@@ -285,10 +286,14 @@ def test_the_report_checks_its_inputs_and_never_leaves_a_partial_pdf(quick_run, 
     (out / "report").mkdir()
     (out / "report" / "report.pdf").write_bytes(b"%PDF the good one")
     (out / "figures" / "fig4.png").unlink()
-    with pytest.raises(a.DataError, match="the report needs figures/fig4.png"):
-        a.build_report(out)
-    with pytest.raises(a.DataError, match="report template not found"):
-        a.build_report(out, template=tmp_path / "missing.md")
+    with pytest.raises(build.ReportError, match="the report needs fig4.png"):
+        build.build_report(out)
+    shutil.copy(tmp_path / "run" / "figures" / "fig3.png", out / "figures" / "fig4.png")
+    with pytest.raises(build.ReportError, match="report template not found"):
+        build.build_report(out, templates=tmp_path)
+    (tmp_path / "report.typ").write_text('#let r = json(sys.inputs.dir + "/results.json")\n#r.nothing\n')
+    with pytest.raises(build.ReportError, match="typst could not build it"):
+        build.build_report(out, templates=tmp_path)
     (out / "results.json").write_text("{broken")
     done = run_program("report", "--out-dir", str(out))
     assert done.returncode == 1 and "results.json: not valid JSON" in done.stderr and "Traceback" not in done.stderr

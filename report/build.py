@@ -1,0 +1,74 @@
+"""Builds report/report.pdf (and report/bonus.pdf) from a results folder with Typst.
+
+The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json and the
+figures of the folder themselves (rows are found by name); this file only checks that those inputs
+are there and readable, compiles, and replaces a PDF only with a complete one.
+`python3 assignment2.py report` calls build_report().
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runfiles import write_atomic
+
+HERE = Path(__file__).resolve().parent
+STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")  # report.typ reads these
+FIGURES = ("fig3.png", "fig4.png", "fig4_schedule.png", "coarse.png", "fine.png", "final.png")
+BONUS_FIGURES = ("augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png")
+
+
+class ReportError(Exception):
+    """A missing or unreadable input of the report, in one line."""
+
+
+def read_results(path: Path, remedy: str) -> dict:
+    """A results file as a dict, or a ReportError naming it."""
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; {remedy}")
+    try:
+        res = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: not valid JSON ({e}); {remedy}") from None
+    if not isinstance(res, dict):
+        raise ReportError(f"{path}: not a results file; {remedy}")
+    return res
+
+
+def check_inputs(out_dir: Path, steps, figures) -> None:
+    res = read_results(out_dir / "results.json",
+                       "run `python3 assignment2.py` (then `seeds`) before `report`")
+    if missing := [k for k in steps if k not in res]:
+        raise ReportError(f"{out_dir / 'results.json'}: no results for {', '.join(missing)}; "
+                          f"run those steps first")
+    read_results(out_dir / "timings.json", "run `python3 assignment2.py` again")
+    if absent := [f for f in figures if not (out_dir / "figures" / f).is_file()]:
+        raise ReportError(f"{out_dir / 'figures'}: the report needs {', '.join(absent)}; run the "
+                          f"steps that draw them")
+
+
+def compile_pdf(template: Path, out_dir: Path) -> bytes:
+    """The PDF of one template, reading the results of out_dir (an absolute path: root is /)."""
+    import typst
+    if not template.is_file():
+        raise ReportError(f"{template}: report template not found")
+    try:
+        return typst.compile(str(template), root="/", sys_inputs={"dir": str(out_dir.resolve())})
+    except RuntimeError as e:  # typst reports a template error or a damaged input this way
+        raise ReportError(f"{template}: typst could not build it from {out_dir} "
+                          f"({' '.join(str(e).split())[:300]})") from None
+
+
+def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
+    """report/report.pdf under out_dir, and report/bonus.pdf when results_bonus.json is there."""
+    out_dir = Path(out_dir)
+    check_inputs(out_dir, STEPS, FIGURES)
+    jobs = ["report"]
+    if (out_dir / "results_bonus.json").is_file():
+        read_results(out_dir / "results_bonus.json", "run `python3 assignment2.py bonus` again")
+        check_inputs(out_dir, (), BONUS_FIGURES)
+        jobs.append("bonus")
+    pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir) for name in jobs}
+    for name, pdf in pdfs.items():  # written only once every one of them compiled
+        write_atomic(out_dir / "report" / f"{name}.pdf", pdf)
+    return [out_dir / "report" / f"{name}.pdf" for name in pdfs]
