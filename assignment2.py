@@ -24,26 +24,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import io
 import json
 import math
 import os
 import pickle
-import shutil
 import sys
-import tarfile
-import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from runfiles import (FolderLock, StateError, append_line, atomic_path, choose_out_dir, describe,
-                      identity, is_fraction, is_nonneg, open_run, read_jsonl, set_aside,
-                      source_fingerprint, write_atomic)
+from runfiles import (DataError, FolderLock, SafeUnpickler, StateError, TrialFile, arrays_fingerprint,
+                      atomic_path, choose_out_dir, describe, download_archive, identity, load_progress,
+                      nested, open_run, save_progress, source_fingerprint, step_problem,
+                      write_atomic)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -89,10 +84,6 @@ SCHEDULES = ("cyclic", "linear", "range")
 
 class ConfigError(ValueError):
     """Invalid hyper-parameters, raised before any training starts."""
-
-
-class DataError(Exception):
-    """A missing, corrupt or unsafe data file."""
 
 
 class Diverged(ArithmeticError):
@@ -163,38 +154,6 @@ def one_hot(y: np.ndarray) -> np.ndarray:
     return Y
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Rebuilds only what a CIFAR batch holds (dicts, lists, bytes, ints, numpy arrays); refuses everything else,
-    since unpickling an arbitrary global can run arbitrary code."""
-    _NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"),
-              ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-              ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
-            return _latin1_encode
-        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):  # ... and b""
-            return _empty_bytes
-        if (module, name) not in self._NUMPY:
-            raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: not part of a CIFAR batch")
-        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
-        owner = np if module == "numpy" else core.numeric if module.endswith("numeric") else core.multiarray
-        return getattr(owner, name)
-
-
-def _latin1_encode(text, encoding="utf-8"):
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError(f"refused to load _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _empty_bytes(*args):
-    if args:  # bytes(n) would allocate n bytes: a tiny file could ask for any amount of memory
-        raise pickle.UnpicklingError("refused to load builtins.bytes with arguments")
-    return b""
-
-
 def _labels(labels, n: int, path: Path) -> np.ndarray:
     """b'labels' as int64 (n,), checked before numpy converts it: a flat list of n integers or a 1-D integer
     array. Anything else (nested, ragged or self-referencing lists) is refused without being expanded."""
@@ -221,7 +180,7 @@ def load_batch(path: Path) -> Split:
                         f"(at most {MAX_BATCH_BYTES >> 20} MiB)")
     try:
         with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
+            batch = SafeUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             MemoryError) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): {e}") from None
@@ -285,59 +244,14 @@ def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5
     if not data_dir.is_dir():
         if not may_download:
             raise DataError(f"{data_dir}: data folder not found")
-        download_cifar(data_dir, url, md5)
+        print(f"data: {data_dir} is missing; downloading {url}", file=sys.stderr)
+        help_ = (f"Download {CIFAR_URL} by hand, extract it, and put the folder cifar-10-batches-py at "
+                 f"{data_dir} (or pass --data-dir / set CIFAR10_DIR).")
+        download_archive(url, md5, data_dir, "cifar-10-batches-py/", CIFAR_FILES + ("batches.meta",), help_)
     missing = [f for f in CIFAR_FILES if not (data_dir / f).is_file()]
     if missing:
         raise DataError(f"{data_dir}: missing {', '.join(missing)}")
     return data_dir
-
-
-def download_cifar(data_dir: Path, url=CIFAR_URL, md5=CIFAR_MD5) -> None:
-    """Fetch the archive with progress, verify its MD5, and extract only the expected batch files into data_dir."""
-    import urllib.request
-    help_ = (f"Download {CIFAR_URL} by hand, extract it, and put the folder cifar-10-batches-py at {data_dir} "
-             f"(or pass --data-dir / set CIFAR10_DIR).")
-    print(f"data: {data_dir} is missing; downloading {url}", file=sys.stderr)
-    buf, digest = io.BytesIO(), hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            total, done = int(r.headers.get("Content-Length") or 0), 0
-            while chunk := r.read(1 << 20):
-                buf.write(chunk), digest.update(chunk)
-                done += len(chunk)
-                print(f"\r  {done >> 20} MiB" + (f" of {total >> 20} MiB" if total else ""), end="", file=sys.stderr)
-        print(file=sys.stderr)
-    except OSError as e:
-        raise DataError(f"could not download the data ({e}). {help_}") from None
-    if digest.hexdigest() != md5:
-        raise DataError(f"the downloaded archive has MD5 {digest.hexdigest()}, expected {md5}. {help_}")
-    buf.seek(0)
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=data_dir.parent, prefix=f".{data_dir.name}.part-"))  # fresh every time
-    try:
-        _extract_batches(buf, tmp, help_)
-        tmp.rename(data_dir)  # only a complete folder ever gets the real name
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _extract_batches(archive: io.BytesIO, dest: Path, help_: str) -> None:
-    """Extract exactly the batch files (and batches.meta) of the official archive into dest: each must be there
-    and be a regular file, else DataError."""
-    wanted = {f"cifar-10-batches-py/{f}": f for f in CIFAR_FILES + ("batches.meta",)}
-    try:
-        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
-            for member in tar.getmembers():
-                if member.name not in wanted:
-                    continue
-                if not member.isfile():
-                    raise DataError(f"the archive's {member.name} is not a regular file. {help_}")
-                (dest / wanted.pop(member.name)).write_bytes(tar.extractfile(member).read())
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"the downloaded archive cannot be read ({e}). {help_}") from None
-    if wanted:
-        raise DataError(f"the downloaded archive lacks {', '.join(sorted(wanted.values()))}. {help_}")
 
 
 def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=(), dtype="float32"):
@@ -614,57 +528,6 @@ def eval_steps(cfg: Config) -> list[int]:
     return sorted({0, total} | {round(i * every) for i in range(1, cfg.evals_per_cycle * cfg.n_cycles + 1)})
 
 
-def _nested(d: dict, prefix: str = ""):
-    """(path, array) for every array in a dict of arrays or of such dicts (params, optimizer state)."""
-    for k, v in d.items():
-        yield from _nested(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)]
-
-
-def save_progress(path: Path, tag: str, t: int, seconds: float, params: dict, state: dict,
-                  rng: np.random.Generator, perm: np.ndarray, hist: dict) -> None:
-    """Everything train() needs to go on from step t exactly as if it had not stopped; written atomically."""
-    meta = json.dumps({"tag": tag, "t": t, "seconds": seconds, "rng": rng.bit_generator.state, "hist": hist})
-    arrays = {f"params/{k}": v for k, v in _nested(params)} | {f"state/{k}": v for k, v in _nested(state)}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(meta), perm=perm, **arrays)
-
-
-def load_progress(path: Path, tag: str, log=print, like: dict | None = None) -> tuple | None:
-    """(meta, arrays) of the progress file that save_progress wrote for the run `tag`; None when there is none.
-    A damaged file, one from another run, or one whose arrays differ in shape or dtype from `like` ({name: array})
-    is set aside with a warning (renamed, not deleted), and the run starts from step 0."""
-    if not Path(path).is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta"}
-        problem = _progress_problem(meta, arrays, tag, like or {})
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        problem = f"not a readable progress file ({e})"
-    if problem:
-        set_aside(path, problem + "; starting this run from step 0", log)
-        return None
-    return meta, arrays
-
-
-def _progress_problem(meta, arrays: dict, tag: str, like: dict) -> str | None:
-    if not isinstance(meta, dict) or not isinstance(meta.get("hist"), dict):
-        return "its metadata is not a progress record"
-    if meta.get("tag") != tag:
-        return "it belongs to another run (other settings, seed, data or code)"
-    if not (isinstance(meta.get("t"), int) and meta["t"] > 0 and is_nonneg(meta.get("seconds"))):
-        return f"its step {meta.get('t')!r} or seconds {meta.get('seconds')!r} are not plausible"
-    try:
-        np.random.default_rng().bit_generator.state = meta["rng"]  # a generator state we can restore
-    except (KeyError, TypeError, ValueError) as e:
-        return f"its generator state is damaged ({e!r})"
-    for k, v in like.items():
-        if k not in arrays or arrays[k].shape != v.shape or arrays[k].dtype != v.dtype:
-            return f"its {k} does not fit this network"
-    return None
-
-
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
           log=print, name: str = "", progress: tuple[Path, str] | None = None,
           basis: np.ndarray | None = None) -> dict:
@@ -719,7 +582,7 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
     state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
     start, seconds_before = 0, 0.0
-    current = dict([*_nested(params, "params/"), *_nested(state, "state/")])
+    current = dict([*nested(params, "params/"), *nested(state, "state/")])
     if progress and (saved := load_progress(*progress, log, current | {"perm": np.arange(n)})):
         meta, arrays = saved
         for k, v in current.items():
@@ -826,16 +689,6 @@ def code_fingerprint() -> str:
     return source_fingerprint(Path(__file__), exclude=NOT_NUMBERS)
 
 
-def data_fingerprint(*splits: Split) -> str:
-    """A hash of the exact images and labels of splits, as they are trained and evaluated on."""
-    h = hashlib.sha256()
-    for s in splits:
-        for a in (s.X, s.y):
-            h.update(f"{a.dtype} {a.shape};".encode())
-            h.update(a.T.data if a.flags.f_contiguous else np.ascontiguousarray(a).data)
-    return h.hexdigest()[:16]
-
-
 def config_problem(cfg) -> str | None:
     """None if cfg is the asdict() of a valid Config, else what is wrong with it."""
     try:
@@ -844,25 +697,6 @@ def config_problem(cfg) -> str | None:
     except (TypeError, ValueError) as e:
         return f"its cfg is not a valid Config ({e})"
     return None
-
-
-def trial_problem(t) -> str | None:
-    """None if t is a trial record to believe (as run_trials writes it), else what is wrong with it."""
-    if not isinstance(t, dict) or not isinstance(t.get("diverged"), bool) or not isinstance(t.get("cfg"), dict):
-        return "not a trial record"
-    if not is_nonneg(t.get("lam")):
-        return f"lam={t.get('lam')!r} is not a number >= 0"
-    for q, v in t.items():
-        if q.endswith("acc") or "_acc_" in q:
-            if not (is_fraction(v) or (v is None and (t["diverged"] or q != "val_acc"))):
-                return f"{q}={v!r} is not an accuracy in [0, 1]"
-    if "seconds" in t and not is_nonneg(t["seconds"]):
-        return f"seconds={t['seconds']!r} is not a duration"
-    return config_problem(t["cfg"])
-
-
-def trial_line_problem(t) -> str | None:
-    return "it has no key" if not isinstance(t, dict) or not isinstance(t.get("key"), dict) else trial_problem(t)
 
 
 def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split, seed: int, path: Path, log=print,
@@ -875,10 +709,8 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
     test accuracy with mirrored test-time averaging; save_dir: write each trained network there as
     <stage>_<trial>.seed<seed>.n<n_train>.<dtype>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains; basis: the
     principal directions of train_set for the configs with pca (see train())."""
-    stored = read_jsonl(path, trial_line_problem, log)
-    done = {_text(t["key"]): t for t in stored}
-    made = {_text(_settings(t["key"])): t["key"] for t in stored}  # what else made the same trial, if anything
-    origin = {"data": data_fingerprint(train_set, val_set, *[test_set] * (test_set is not None)),
+    cache = TrialFile(path, config_problem, log)
+    origin = {"data": arrays_fingerprint(*[a for s in (train_set, val_set, test_set) if s for a in (s.X, s.y)]),
               "code": code_fingerprint()}
     trials = []
     for i, cfg in enumerate(cfgs):
@@ -886,17 +718,13 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
         key = {"stage": stage, "trial": i, "seed": seed, "n_train": train_set.n, "n_val": val_set.n, **asdict(cfg)}
         key |= ({"test": True} if test_set is not None else {}) | origin
         tag = f"{stage} {i + 1}/{len(cfgs)} {name}"
-        if (hit := done.get(_text(key))) is not None:
-            log(f"{tag}: kept from {path.name}, val acc {hit['val_acc']}")
+        if (hit := cache.get(key, tag)) is not None:
             trials.append(hit)
             continue
-        if (other := made.get(_text(_settings(key)))) is not None:
-            why = " and ".join(f"other {q}" for q in ("data", "code") if other.get(q) != key[q])
-            log(f"{tag}: {path.name} holds this trial made with {why}; training it again")
         t0 = time.perf_counter()
         trial = {"name": name} if names else {}
         trial |= {"lam": cfg.lam, "diverged": False}
-        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), _text(key))
+        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), json.dumps(key, sort_keys=True))
         before = (load_progress(*ckpt, log) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
         try:
             params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=log if progress else
@@ -922,7 +750,7 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                 trial["history"] = e.history
         trial |= {"seconds": round(before + time.perf_counter() - t0, 1), "seed": seed, "trial": i,
                   "cfg": asdict(cfg), "key": key}
-        append_line(path, json.dumps(trial))
+        cache.add(trial)
         ckpt[0].unlink(missing_ok=True)  # the trial is in path now
         log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']})"
             + (f", test acc {trial['test_acc']}" if "test_acc" in trial else "")
@@ -930,15 +758,6 @@ def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split,
                if "val_acc_mirror" in trial else "") + f", {trial['seconds']} s")
         trials.append(trial)
     return trials
-
-
-def _text(key: dict) -> str:
-    return json.dumps(key, sort_keys=True)
-
-
-def _settings(key: dict) -> dict:
-    """A trial key without what made its data and code."""
-    return {k: v for k, v in key.items() if k not in ("data", "code")}
 
 
 def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
@@ -1163,7 +982,7 @@ class Context:
         if (self.stored.get("code") or {}).get(step) != code_fingerprint():
             self.log(f"results.json: {step} was made by other code; computing it again")
             return None
-        if problem := step_problem(self.stored[step]):
+        if problem := step_problem(self.stored[step], config_problem):
             self.log(f"warning: results.json: {step} cannot be believed ({problem}); computing it again")
             return None
         return self.stored[step]
@@ -1359,22 +1178,6 @@ def check_sizes(plan: Plan, batches: dict) -> None:
         raise ConfigError(f"too few images for these sizes: data_batch_1 and 2 hold {n_first} or more each, the "
                           f"five training batches {n_five}; they need {max(plan.overfit_n, Config.n_batch)} each "
                           f"and {n_val + Config.n_batch} together (try --quick, or the full CIFAR-10 batches)")
-
-
-def step_problem(r) -> str | None:
-    """None if r is a stored step result to believe: its trials, accuracies, lam and cfg are plausible."""
-    if not isinstance(r, dict):
-        return "not a step result"
-    if "trials" in r and not (isinstance(r["trials"], list) and r["trials"]):
-        return "no trials"
-    for t in r.get("trials", []):
-        if problem := trial_problem(t):
-            return f"a trial: {problem}"
-    if "test_acc" in r and not is_fraction(r["test_acc"]):
-        return f"test_acc={r['test_acc']!r} is not an accuracy in [0, 1]"
-    if "lam" in r and not is_nonneg(r["lam"]):
-        return f"lam={r['lam']!r} is not a number >= 0"
-    return config_problem(r["cfg"]) if "cfg" in r else None
 
 
 def save_run(out_dir: Path, results: dict, timings: dict) -> None:

@@ -15,16 +15,112 @@ import contextlib
 import fcntl
 import fnmatch
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
+import shutil
+import sys
+import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 
 class StateError(Exception):
     """A problem with the program's own files or folders, reported as one line."""
+
+
+class DataError(Exception):
+    """A missing, corrupt or unsafe data file."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Data files: safe unpickling and an all-or-nothing download
+
+class SafeUnpickler(pickle.Unpickler):
+    """Rebuilds only what a CIFAR batch holds (dicts, lists, bytes, ints, numpy arrays) and refuses
+    every other global, since unpickling an arbitrary global can run arbitrary code."""
+    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"),
+             ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+             ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+             ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
+            return _latin1_encode
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):  # ... and b""
+            return _empty_bytes
+        if (module, name) not in self.NUMPY:
+            raise pickle.UnpicklingError(f"refused to load the global {module}.{name}: not part of "
+                                         f"a CIFAR batch")
+        import numpy as np
+        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+        owner = (np if module == "numpy" else core.numeric if module.endswith("numeric")
+                 else core.multiarray)
+        return getattr(owner, name)
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused to load _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    if args:  # bytes(n) would allocate n bytes: a tiny file could ask for any amount of memory
+        raise pickle.UnpicklingError("refused to load builtins.bytes with arguments")
+    return b""
+
+
+def download_archive(url: str, md5: str, dest: Path, prefix: str, members, help_: str) -> None:
+    """Fetch a .tar.gz with progress, check its MD5, and extract exactly prefix + each of members
+    into a fresh temporary folder, renamed to dest only when all are there as regular files; on any
+    failure DataError (ending with help_) and nothing is left behind."""
+    import urllib.request
+    buf, digest = io.BytesIO(), hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            total, done = int(r.headers.get("Content-Length") or 0), 0
+            while chunk := r.read(1 << 20):
+                buf.write(chunk), digest.update(chunk)
+                done += len(chunk)
+                print(f"\r  {done >> 20} MiB" + (f" of {total >> 20} MiB" if total else ""), end="",
+                      file=sys.stderr)
+        print(file=sys.stderr)
+    except OSError as e:
+        raise DataError(f"could not download the data ({e}). {help_}") from None
+    if digest.hexdigest() != md5:
+        raise DataError(f"the downloaded archive has MD5 {digest.hexdigest()}, expected {md5}. "
+                        f"{help_}")
+    buf.seek(0)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.part-"))  # fresh each time
+    try:
+        _extract(buf, tmp, {prefix + m: m for m in members}, help_)
+        tmp.rename(dest)  # only a complete folder ever gets the real name
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _extract(archive: io.BytesIO, dest: Path, wanted: dict, help_: str) -> None:
+    try:
+        with tarfile.open(fileobj=archive, mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if member.name not in wanted:
+                    continue
+                if not member.isfile():
+                    raise DataError(f"the archive's {member.name} is not a regular file. {help_}")
+                (dest / wanted.pop(member.name)).write_bytes(tar.extractfile(member).read())
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"the downloaded archive cannot be read ({e}). {help_}") from None
+    if wanted:
+        raise DataError(f"the downloaded archive lacks {', '.join(sorted(wanted.values()))}. "
+                        f"{help_}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,8 +260,146 @@ def is_nonneg(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
+def trial_problem(t, config_problem=lambda cfg: None) -> str | None:
+    """None if t is a trial record to believe (as run_trials writes it), else what is wrong with
+    it; config_problem(t["cfg"]) judges its settings."""
+    if (not isinstance(t, dict) or not isinstance(t.get("diverged"), bool)
+            or not isinstance(t.get("cfg"), dict)):
+        return "not a trial record"
+    if not is_nonneg(t.get("lam")):
+        return f"lam={t.get('lam')!r} is not a number >= 0"
+    for q, v in t.items():
+        if (q.endswith("acc") or "_acc_" in q) and not (
+                is_fraction(v) or (v is None and (t["diverged"] or q != "val_acc"))):
+            return f"{q}={v!r} is not an accuracy in [0, 1]"
+    if "seconds" in t and not is_nonneg(t["seconds"]):
+        return f"seconds={t['seconds']!r} is not a duration"
+    return config_problem(t["cfg"])
+
+
+def step_problem(r, config_problem=lambda cfg: None) -> str | None:
+    """None if r is a stored step result to believe: its trials, accuracies, lam and cfg are
+    plausible."""
+    if not isinstance(r, dict):
+        return "not a step result"
+    if "trials" in r and not (isinstance(r["trials"], list) and r["trials"]):
+        return "no trials"
+    for t in r.get("trials", []):
+        if problem := trial_problem(t, config_problem):
+            return f"a trial: {problem}"
+    if "test_acc" in r and not is_fraction(r["test_acc"]):
+        return f"test_acc={r['test_acc']!r} is not an accuracy in [0, 1]"
+    if "lam" in r and not is_nonneg(r["lam"]):
+        return f"lam={r['lam']!r} is not a number >= 0"
+    return config_problem(r["cfg"]) if "cfg" in r else None
+
+
+class TrialFile:
+    """The finished trials of a JSON-lines file, found by their key: the settings, seed and sizes
+    that made a trial, plus "data" and "code" fingerprints. A trial with the same settings made on
+    other data or by other code is not reused, and the log says which."""
+
+    def __init__(self, path: Path, config_problem, log=print):
+        self.path, self.log = Path(path), log
+        def check(t):
+            keyed = isinstance(t, dict) and isinstance(t.get("key"), dict)
+            return trial_problem(t, config_problem) if keyed else "it has no key"
+        stored = read_jsonl(self.path, check, log)
+        self.done = {_text(t["key"]): t for t in stored}
+        self.made = {_text(_settings(t["key"])): t["key"] for t in stored}
+
+    def get(self, key: dict, tag: str) -> dict | None:
+        if (hit := self.done.get(_text(key))) is not None:
+            self.log(f"{tag}: kept from {self.path.name}, val acc {hit['val_acc']}")
+            return hit
+        if (other := self.made.get(_text(_settings(key)))) is not None:
+            why = " and ".join(f"other {q}" for q in ("data", "code") if other.get(q) != key.get(q))
+            self.log(f"{tag}: {self.path.name} holds this trial made with {why}; training it again")
+        return None
+
+    def add(self, trial: dict) -> None:
+        append_line(self.path, json.dumps(trial))
+
+
+def _text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def _settings(key: dict) -> dict:
+    """A trial key without what made its data and code."""
+    return {k: v for k, v in key.items() if k not in ("data", "code")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress files: a long run saved at its evaluation points, resumed exactly
+
+def nested(d: dict, prefix: str = ""):
+    """(path, array) for every array in a dict of arrays or of such dicts (params, optimiser state)."""
+    for k, v in d.items():
+        yield from nested(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)]
+
+
+def save_progress(path: Path, tag: str, t: int, seconds: float, params: dict, state: dict,
+                  rng, perm, hist: dict) -> None:
+    """Everything a run needs to go on from step t exactly as if it had not stopped."""
+    import numpy as np
+    meta = json.dumps({"tag": tag, "t": t, "seconds": seconds, "rng": rng.bit_generator.state,
+                       "hist": hist})
+    arrays = dict(nested(params, "params/")) | dict(nested(state, "state/"))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(meta), perm=perm, **arrays)
+
+
+def load_progress(path: Path, tag: str, log=print, like: dict | None = None) -> tuple | None:
+    """(meta, arrays) of the progress file save_progress wrote for the run `tag`; None when there is
+    none. A damaged file, one from another run, or one whose arrays differ in shape or dtype from
+    `like` ({name: array}) is set aside with a warning, and the run starts from step 0."""
+    import numpy as np
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+        problem = _progress_problem(meta, arrays, tag, like or {})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        problem = f"not a readable progress file ({e})"
+    if problem:
+        set_aside(path, problem + "; starting this run from step 0", log)
+        return None
+    return meta, arrays
+
+
+def _progress_problem(meta, arrays: dict, tag: str, like: dict) -> str | None:
+    import numpy as np
+    if not isinstance(meta, dict) or not isinstance(meta.get("hist"), dict):
+        return "its metadata is not a progress record"
+    if meta.get("tag") != tag:
+        return "it belongs to another run (other settings, seed, data or code)"
+    if not (isinstance(meta.get("t"), int) and meta["t"] > 0 and is_nonneg(meta.get("seconds"))):
+        return f"its step {meta.get('t')!r} or seconds {meta.get('seconds')!r} are not plausible"
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng"]  # a state we can restore
+    except (KeyError, TypeError, ValueError) as e:
+        return f"its generator state is damaged ({e!r})"
+    for k, v in like.items():
+        if k not in arrays or arrays[k].shape != v.shape or arrays[k].dtype != v.dtype:
+            return f"its {k} does not fit this network"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Fingerprints: what made a result
+
+def arrays_fingerprint(*arrays) -> str:
+    """A hash of the exact dtype, shape and values of numpy arrays."""
+    import numpy as np
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype} {a.shape};".encode())
+        h.update((a.T if a.flags.f_contiguous else np.ascontiguousarray(a)).data)  # no copy of X
+    return h.hexdigest()[:16]
+
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (read in 1 MiB chunks)."""

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import assignment2 as a
+import runfiles
 
 
 def blobs(n, d=20, seed=0):
@@ -176,7 +177,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
     assert progress[0].is_file()
     foreign, warnings = tmp_path / "foreign.npz", []
     shutil.copy(progress[0], foreign)
-    assert a.load_progress(foreign, "another run", warnings.append) is None  # other settings: not used, ...
+    assert runfiles.load_progress(foreign, "another run", warnings.append) is None  # other settings: not used, ...
     assert not foreign.exists() and len(list(tmp_path.glob("foreign.npz.set-aside-*"))) == 1  # ... set aside
     assert len(warnings) == 1 and "belongs to another run" in warnings[0]
     lines = []
@@ -209,14 +210,14 @@ def test_a_damaged_progress_file_is_set_aside_and_the_run_starts_again(tmp_path,
     else:
         path = _progress_file(tmp_path, meta, perm=np.arange(3))
     warnings = []
-    assert a.load_progress(path, "tag", warnings.append, like={"perm": np.arange(4)}) is None
+    assert runfiles.load_progress(path, "tag", warnings.append, like={"perm": np.arange(4)}) is None
     assert len(warnings) == 1 and str(path) in warnings[0] and "set aside" in warnings[0]
     assert not path.exists() and len(list(tmp_path.glob("p.npz.set-aside-*"))) == 1  # renamed, not deleted
-    assert a.load_progress(tmp_path / "missing.npz", "tag") is None
+    assert runfiles.load_progress(tmp_path / "missing.npz", "tag") is None
 
 
 def test_a_good_progress_file_is_read(tmp_path):
     meta = {"tag": "tag", "t": 3, "seconds": 1.0, "rng": np.random.default_rng(0).bit_generator.state, "hist": {}}
     path = _progress_file(tmp_path, meta, perm=np.arange(4))
-    got_meta, arrays = a.load_progress(path, "tag", like={"perm": np.arange(4)})
+    got_meta, arrays = runfiles.load_progress(path, "tag", like={"perm": np.arange(4)})
     assert got_meta == meta and arrays["perm"].tolist() == [0, 1, 2, 3]
