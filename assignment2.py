@@ -485,6 +485,29 @@ def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.
     return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
 
 
+def subspace(XT: np.ndarray, cfg: Config, basis: np.ndarray | None = None) -> np.ndarray | None:
+    """The principal directions W1 is trained in (d, k), or None when cfg.pca is 0: basis if given
+    (checked against the data), else pca_basis of the training images XT (n, d)."""
+    if not cfg.pca:
+        return None
+    if cfg.pca > XT.shape[1]:
+        raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
+    if basis is None:
+        return pca_basis(XT, cfg.pca)  # (d, k)
+    if basis.shape != (XT.shape[1], cfg.pca):
+        raise ConfigError(f"a basis of shape {basis.shape} does not fit pca={cfg.pca} on {XT.shape[1]} inputs")
+    return basis
+
+
+def dropout_mask(cfg: Config, B: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Inverted dropout: every hidden unit of every image kept with probability 1 - p_drop and scaled
+    by 1 / (1 - p_drop), so that evaluation needs no mask: (m, B), or None without dropout."""
+    if not cfg.p_drop:
+        return None
+    dtype, keep = np.dtype(cfg.dtype), 1 - cfg.p_drop
+    return (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)
+
+
 def optimizer_state(params: dict, cfg: Config) -> dict:
     """What the optimiser carries between steps: nothing (SGD), a velocity (Nesterov), two moments (Adam)."""
     zeros = lambda: {k: np.zeros_like(v) for k, v in params.items()}
@@ -531,95 +554,111 @@ def eval_steps(cfg: Config) -> list[int]:
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
           log=print, name: str = "", progress: tuple[Path, str] | None = None,
           basis: np.ndarray | None = None) -> dict:
-    """Mini-batch gradient descent for 2 * n_s * n_cycles update steps, reshuffled every epoch: by default the spec's
-    SGD with the cyclic learning rate; cfg can switch on Exercise 5's augmentation, dropout, Nesterov momentum, Adam and
-    the other schedules. Updates params in place; returns the history of cost, loss and accuracy on the full training and validation
-    sets at eval_steps(cfg). Raises Diverged if the cost stops being finite.
-    progress = (path, tag): save the state at every evaluation point and, if path holds the state of a run with the
-    same tag, go on from there: an interrupted long run resumes instead of starting again.
-    basis: pca_basis(training images, cfg.pca), when the caller already has it (it takes a 3072 x 3072
-    eigendecomposition); computed here otherwise."""
+    """Mini-batch gradient descent for 2 n_s n_cycles update steps, reshuffled every epoch: by
+    default the spec's SGD with the cyclic learning rate (eqs. 10-15); cfg can switch on Exercise 5's
+    augmentation, dropout, W1 in a principal subspace, Nesterov momentum, Adam and other schedules.
+    Updates params in place; returns the history of cost, loss and accuracy on the whole training and
+    validation sets at eval_steps(cfg). Raises Diverged if the cost stops being finite.
+    progress = (path, tag): save the state at every evaluation point, and go on from a saved state of
+    the same tag: an interrupted long run resumes. basis: pca_basis(training images, cfg.pca), when
+    the caller has it already (a 3072 x 3072 eigendecomposition); computed here otherwise."""
     check_config(cfg, train_set.n)
-    t_start = time.perf_counter()
-    dtype = np.dtype(cfg.dtype)
+    t_start, dtype = time.perf_counter(), np.dtype(cfg.dtype)
     for k in params:
         params[k] = np.asarray(params[k], dtype)  # no-op when already in the training dtype
-    XT = np.ascontiguousarray(train_set.X.T, dtype)  # (n, d): one image per row, so a batch gather copies rows
-    Xv = np.asarray(val_set.X, dtype)
-    y, n, B = train_set.y, train_set.n, cfg.n_batch
-    per_epoch = n // B  # a partial last batch is dropped
-    checkpoints, total = eval_steps(cfg), 2 * cfg.n_s * cfg.n_cycles
-    hist = {"step": [], "eta": []} | {f"{s}_{q}": [] for s in ("train", "val") for q in ("cost", "loss", "acc")}
-
-    def record(t):
-        va = evaluate(Xv, val_set.y, params, cfg.lam)
-        skip = not cfg.eval_train and t != total
-        tr = dict.fromkeys(va, math.nan) if skip else evaluate(XT.T, y, params, cfg.lam)
-        hist["step"].append(t)
-        hist["eta"].append(learning_rate(t, cfg))
-        for q in ("cost", "loss", "acc"):
-            hist[f"train_{q}"].append(None if skip else tr[q])
-            hist[f"val_{q}"].append(va[q])
-        log(f"{name}step {t:5d}/{total}: train cost {tr['cost']:.4f}, loss {tr['loss']:.4f}, acc {tr['acc']:.4f} | "
-            f"val cost {va['cost']:.4f}, loss {va['loss']:.4f}, acc {va['acc']:.4f}")
-        if not math.isfinite(va["cost"]) or not (skip or math.isfinite(tr["cost"])):
-            raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}", hist)
-
-    augment = cfg.flip or cfg.shift
-    if augment:
-        windows = augment_source(XT, cfg.flip, cfg.shift)  # (1 + flip, n, 3, 2 shift + 1, 2 shift + 1, 32, 32)
-    if not cfg.pca:
-        basis = None
-    else:  # train V = W1 U (m, k) on the features U^T x; W1 = V U^T again at the end
-        if cfg.pca > XT.shape[1]:
-            raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
-        if basis is None:
-            basis = pca_basis(XT, cfg.pca)  # (d, k)
-        elif basis.shape != (XT.shape[1], cfg.pca):
-            raise ConfigError(f"a basis of shape {basis.shape} does not fit pca={cfg.pca} on {XT.shape[1]} inputs")
-        params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k); drops any part of W1 outside the subspace
-        XT, Xv = XT @ basis, basis.T @ Xv  # (n, k), (k, n_val); ||V|| = ||W1|| keeps the penalty as it was
+    XT = np.ascontiguousarray(train_set.X.T, dtype)  # (n, d): a batch gather copies whole rows
+    Xv = np.asarray(val_set.X, dtype)  # (d, n_val)
+    windows = augment_source(XT, cfg.flip, cfg.shift) if cfg.flip or cfg.shift else None
+    if (basis := subspace(XT, cfg, basis)) is not None:  # train V = W1 U on U^T x (Exercise 5)
+        params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k)
+        XT, Xv = XT @ basis, basis.T @ Xv  # (n, k), (k, n_val); ||V|| = ||W1||: the same penalty
+    data = (XT, train_set.y, Xv, val_set.y)
     grads = {k: np.empty_like(v) for k, v in params.items()}  # reused every step
-    state, keep = optimizer_state(params, cfg), 1 - cfg.p_drop
-    start, seconds_before = 0, 0.0
-    current = dict([*nested(params, "params/"), *nested(state, "state/")])
-    if progress and (saved := load_progress(*progress, log, current | {"perm": np.arange(n)})):
-        meta, arrays = saved
-        for k, v in current.items():
-            v[...] = arrays[k]  # in place, keeping each array's memory order
-        start, seconds_before, perm = meta["t"], meta["seconds"], arrays["perm"]
-        rng.bit_generator.state = meta["rng"]
-        hist.update(meta["hist"])
-        log(f"{name}resumed at step {start}/{total} from {progress[0].name}")
+    state, hist = optimizer_state(params, cfg), new_history()
+    n, B, total, points = train_set.n, cfg.n_batch, 2 * cfg.n_s * cfg.n_cycles, eval_steps(cfg)
+    per_epoch = n // B  # a partial last batch is dropped
+    start, seconds, perm = resume(progress, params, state, hist, rng, n, log, f"{name}", total)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run makes inf/nan; record() reports it
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence makes inf/nan: record() says so
             if start == 0:
-                record(0)
+                record(hist, 0, params, data, cfg, log, name)
             for t in range(start, total):
                 if t % per_epoch == 0:
                     perm = rng.permutation(n)
                 idx = perm[(t % per_epoch) * B:(t % per_epoch + 1) * B]
-                if augment:  # one draw per image: mirror or not, and the offset of its crop
-                    f, oy, ox = rng.integers(0, 1 + cfg.flip, B), *rng.integers(0, 2 * cfg.shift + 1, (2, B))
-                    Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
-                    if basis is not None:
-                        Xr = Xr @ basis  # (B, k)
-                else:
-                    Xr = XT[idx]  # (B, d) or (B, k)
-                Xb = Xr.T  # (d, B), Fortran-ordered
-                drop = None if not cfg.p_drop else (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)  # (m, B)
-                P, H = forward(Xb, params, drop)
-                backward(Xb, y[idx], P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds L2
-                update(params, grads, state, learning_rate(t, cfg), t, cfg)
-                if t + 1 in checkpoints:
-                    record(t + 1)
+                Xb = get_batch(XT, windows, basis, idx, cfg, rng)  # (d or k, B)
+                train_step(params, grads, state, Xb, train_set.y[idx], t, cfg, rng)
+                if t + 1 in points:
+                    record(hist, t + 1, params, data, cfg, log, name)
                     if progress and t + 1 < total:
-                        save_progress(*progress, t + 1, seconds_before + time.perf_counter() - t_start, params,
-                                      state, rng, perm, hist)
+                        elapsed = seconds + time.perf_counter() - t_start
+                        save_progress(*progress, t + 1, elapsed, params, state, rng, perm, hist)
     finally:
         if basis is not None:  # params always leave as a plain two-layer network on pixels
             params["W1"] = np.asfortranarray(params["W1"] @ basis.T)  # (m, d)
     return hist
+
+
+def get_batch(XT: np.ndarray, windows, basis, idx: np.ndarray, cfg: Config,
+              rng: np.random.Generator) -> np.ndarray:
+    """Where a mini-batch comes from: the images idx as columns (d, B), Fortran-ordered; with
+    augmentation (Exercise 5) one draw per image, mirror or not and the offset of its crop, and one
+    gather from windows = augment_source(...); projected onto basis (k, B) when W1 is in a subspace."""
+    if windows is None:
+        return XT[idx].T  # XT is already projected when basis is set
+    f, oy, ox = rng.integers(0, 1 + cfg.flip, idx.size), *rng.integers(0, 2 * cfg.shift + 1, (2, idx.size))
+    Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
+    return (Xr if basis is None else Xr @ basis).T
+
+
+def train_step(params: dict, grads: dict, state: dict, Xb: np.ndarray, yb: np.ndarray, t: int,
+               cfg: Config, rng: np.random.Generator) -> None:
+    """One update: forward pass (with a fresh dropout mask, Exercise 5), the loss gradients of
+    eqs. 12-13 into grads, and the optimiser step at the learning rate of step t (eqs. 10-11, 14-15)."""
+    drop = dropout_mask(cfg, Xb.shape[1], rng)  # (m, B) or None
+    P, H = forward(Xb, params, drop)
+    backward(Xb, yb, P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds L2
+    update(params, grads, state, learning_rate(t, cfg), t, cfg)
+
+
+def new_history() -> dict:
+    return {"step": [], "eta": []} | {f"{s}_{q}": [] for s in ("train", "val") for q in ("cost", "loss", "acc")}
+
+
+def record(hist: dict, t: int, params: dict, data: tuple, cfg: Config, log=print, name="") -> None:
+    """One evaluation point: cost, loss and accuracy on the whole validation set, and on the training
+    set unless cfg skips it until the end, appended to hist and logged; Diverged if not finite."""
+    XT, y, Xv, yv = data
+    va = evaluate(Xv, yv, params, cfg.lam)
+    skip = not cfg.eval_train and t != 2 * cfg.n_s * cfg.n_cycles
+    tr = dict.fromkeys(va, math.nan) if skip else evaluate(XT.T, y, params, cfg.lam)
+    hist["step"].append(t)
+    hist["eta"].append(learning_rate(t, cfg))
+    for q in ("cost", "loss", "acc"):
+        hist[f"train_{q}"].append(None if skip else tr[q])
+        hist[f"val_{q}"].append(va[q])
+    log(f"{name}step {t:5d}/{2 * cfg.n_s * cfg.n_cycles}: train cost {tr['cost']:.4f}, loss "
+        f"{tr['loss']:.4f}, acc {tr['acc']:.4f} | val cost {va['cost']:.4f}, loss {va['loss']:.4f}, "
+        f"acc {va['acc']:.4f}")
+    if not math.isfinite(va["cost"]) or not (skip or math.isfinite(tr["cost"])):
+        raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}", hist)
+
+
+def resume(progress, params: dict, state: dict, hist: dict, rng: np.random.Generator, n: int, log,
+           name: str, total: int) -> tuple:
+    """Go on from the last saved evaluation point of the same run, if there is one (see
+    runfiles.load_progress): (step, seconds trained before, the epoch's permutation)."""
+    current = dict([*nested(params, "params/"), *nested(state, "state/")])
+    saved = progress and load_progress(*progress, log, current | {"perm": np.arange(n)})
+    if not saved:
+        return 0, 0.0, None
+    meta, arrays = saved
+    for k, v in current.items():
+        v[...] = arrays[k]  # in place, keeping each array's memory order
+    rng.bit_generator.state = meta["rng"]
+    hist.update(meta["hist"])
+    log(f"{name}resumed at step {meta['t']}/{total} from {progress[0].name}")
+    return meta["t"], meta["seconds"], arrays["perm"]
 
 
 def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print, name="",
@@ -699,71 +738,81 @@ def config_problem(cfg) -> str | None:
     return None
 
 
-def run_trials(stage: str, cfgs: list[Config], train_set: Split, val_set: Split, seed: int, path: Path, log=print,
-               test_set: Split | None = None, names: list[str] | None = None, keep_history: bool = False,
-               mirror_eval: bool = False, save_dir: Path | None = None, progress: bool = False,
+@dataclass(frozen=True)
+class Stage:
+    """A named set of trials and what to record of each (the lam search needs only the defaults)."""
+    name: str  # part of every trial's key and random stream (stage_rng)
+    trials: tuple  # ((label, Config), ...)
+    test: bool = False  # evaluate the test set once per trained network
+    mirror: bool = False  # also with mirrored test-time averaging (Exercise 5)
+    history: bool = False  # keep each trial's curves
+    save_dir: Path | None = None  # write each trained network there
+    verbose: bool = False  # log the curves while a trial trains
+
+
+def run_trials(stage: Stage, splits: tuple, seed: int, path: Path, log=print,
                basis: np.ndarray | None = None) -> list[dict]:
-    """Train one fresh network per config and append each finished trial to path (JSON lines) at once; with test_set,
-    evaluate the test set once per trained network. Trials already in path with the same settings, seed, index, data
-    and code are reused, not rerun, so an interrupted run resumes where it stopped. mirror_eval: also measure validation and
-    test accuracy with mirrored test-time averaging; save_dir: write each trained network there as
-    <stage>_<trial>.seed<seed>.n<n_train>.<dtype>.npz (load it with dict(np.load(path))); progress: log the curves while a trial trains; basis: the
-    principal directions of train_set for the configs with pca (see train())."""
+    """Train one fresh network per config of the stage on splits (train, val, test) and append each
+    finished trial to path (JSON lines) at once. A trial already in path with the same key (settings,
+    seed, index, sizes, data and code) is reused, not rerun, so an interrupted run resumes where it
+    stopped. basis: the principal directions of the training split for configs with pca (train())."""
+    tr, va, te = splits
     cache = TrialFile(path, config_problem, log)
-    origin = {"data": arrays_fingerprint(*[a for s in (train_set, val_set, test_set) if s for a in (s.X, s.y)]),
-              "code": code_fingerprint()}
+    data = (tr.X, tr.y, va.X, va.y) + ((te.X, te.y) if stage.test else ())
+    origin = {"data": arrays_fingerprint(*data), "code": code_fingerprint()}
     trials = []
-    for i, cfg in enumerate(cfgs):
-        name = names[i] if names else f"lam={cfg.lam:.3e}"
-        key = {"stage": stage, "trial": i, "seed": seed, "n_train": train_set.n, "n_val": val_set.n, **asdict(cfg)}
-        key |= ({"test": True} if test_set is not None else {}) | origin
-        tag = f"{stage} {i + 1}/{len(cfgs)} {name}"
-        if (hit := cache.get(key, tag)) is not None:
-            trials.append(hit)
-            continue
-        t0 = time.perf_counter()
-        trial = {"name": name} if names else {}
-        trial |= {"lam": cfg.lam, "diverged": False}
-        ckpt = (path.with_name(f"{path.stem}.{stage}.{i}.progress.npz"), json.dumps(key, sort_keys=True))
-        before = (load_progress(*ckpt, log) or ({"seconds": 0.0},))[0]["seconds"]  # training time before a resume
-        try:
-            params, hist = run(train_set, val_set, cfg, stage_rng(seed, stage, i), log=log if progress else
-                               lambda s: None, name=f"{tag}: ", progress=ckpt, basis=basis)
-            trial |= {"val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
-                      "train_acc": hist["train_acc"][-1]}
-            if test_set is not None:
-                trial["test_acc"] = evaluate(test_set.X, test_set.y, params, cfg.lam)["acc"]
-            if mirror_eval:
-                trial["val_acc_mirror"] = evaluate(val_set.X, val_set.y, params, cfg.lam, mirror=True)["acc"]
-                if test_set is not None:
-                    trial["test_acc_mirror"] = evaluate(test_set.X, test_set.y, params, cfg.lam, mirror=True)["acc"]
-            if save_dir is not None:  # named by all that made it: no other run's weights are overwritten
-                dest = Path(save_dir) / f"{stage}_{i}.seed{seed}.n{train_set.n}.{cfg.dtype}.npz"
-                with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, **params)
-            if keep_history:
-                trial["history"] = hist
-        except Diverged as e:
-            log(f"{tag}: {e}")
-            trial |= {"val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
-            if keep_history:  # a range test ends this way: its curve up to the divergence is the result
-                trial["history"] = e.history
-        trial |= {"seconds": round(before + time.perf_counter() - t0, 1), "seed": seed, "trial": i,
-                  "cfg": asdict(cfg), "key": key}
-        cache.add(trial)
-        ckpt[0].unlink(missing_ok=True)  # the trial is in path now
-        log(f"{tag}: val acc {trial['val_acc']} (best {trial['best_val_acc']})"
-            + (f", test acc {trial['test_acc']}" if "test_acc" in trial else "")
-            + (f", with mirrored averaging val {trial['val_acc_mirror']}, test {trial.get('test_acc_mirror')}"
-               if "val_acc_mirror" in trial else "") + f", {trial['seconds']} s")
+    for i, (label, cfg) in enumerate(stage.trials):
+        key = {"stage": stage.name, "trial": i, "seed": seed, "n_train": tr.n, "n_val": va.n,
+               **asdict(cfg)} | ({"test": True} if stage.test else {}) | origin
+        tag = f"{stage.name} {i + 1}/{len(stage.trials)} {label}"
+        if (trial := cache.get(key, tag)) is None:
+            ckpt = (path.with_name(f"{path.stem}.{stage.name}.{i}.progress.npz"),
+                    json.dumps(key, sort_keys=True))
+            trial = run_trial(stage, i, label, cfg, splits, seed, ckpt, log, tag, basis) | {"key": key}
+            cache.add(trial)
+            ckpt[0].unlink(missing_ok=True)  # the trial is in path now
         trials.append(trial)
     return trials
+
+
+def run_trial(stage: Stage, i: int, label: str, cfg: Config, splits: tuple, seed: int,
+              ckpt: tuple, log, tag: str, basis) -> dict:
+    """Train trial i of the stage (resuming from ckpt if it was interrupted) and measure it."""
+    (tr, va, te), t0 = splits, time.perf_counter()
+    before = (load_progress(*ckpt, log) or ({"seconds": 0.0},))[0]["seconds"]  # trained before
+    trial = {"name": label, "lam": cfg.lam, "diverged": False}
+    try:
+        params, hist = run(tr, va, cfg, stage_rng(seed, stage.name, i), name=f"{tag}: ",
+                           log=log if stage.verbose else lambda s: None, progress=ckpt, basis=basis)
+        trial |= {"val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
+                  "train_acc": hist["train_acc"][-1]}
+        if stage.test:
+            trial["test_acc"] = evaluate(te.X, te.y, params, cfg.lam)["acc"]
+        if stage.mirror:  # Exercise 5: the mean of P for each image and its mirror image
+            trial["val_acc_mirror"] = evaluate(va.X, va.y, params, cfg.lam, mirror=True)["acc"]
+            if stage.test:
+                trial["test_acc_mirror"] = evaluate(te.X, te.y, params, cfg.lam, mirror=True)["acc"]
+        if stage.save_dir is not None:  # named by all that made it: no run's weights are overwritten
+            name = f"{stage.name}_{i}.seed{seed}.n{tr.n}.{cfg.dtype}.npz"
+            with atomic_path(Path(stage.save_dir) / name) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **params)
+    except Diverged as e:
+        log(f"{tag}: {e}")
+        trial |= {"val_acc": None, "best_val_acc": None, "train_acc": None, "diverged": True}
+        hist = e.history  # a range test ends this way: its curve up to the divergence is the result
+    trial |= {"history": hist} if stage.history else {}
+    trial |= {"seconds": round(before + time.perf_counter() - t0, 1), "seed": seed, "trial": i,
+              "cfg": asdict(cfg)}
+    accs = [f"{q} {v}" for q, v in trial.items() if q.endswith("acc") or "_acc_" in q]
+    log(f"{tag}: {', '.join(accs)}, {trial['seconds']} s")
+    return trial
 
 
 def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
            log=print) -> list[dict]:
     """One trial per lam with the other settings of base (the coarse and fine searches of Exercise 4)."""
-    return run_trials(stage, [replace(base, lam=float(lam)) for lam in lams], train_set, val_set, seed, path, log)
+    trials = tuple((f"lam={lam:.3e}", replace(base, lam=float(lam))) for lam in lams)
+    return run_trials(Stage(stage, trials), (train_set, val_set, None), seed, path, log)
 
 
 def top_trials(trials: list[dict], k: int = 3) -> list[dict]:

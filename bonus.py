@@ -104,14 +104,13 @@ def long_runs(x: Exercise5, pick: Config, per_epoch: int) -> dict:
 # The driver
 
 def stage(ctx, name: str, cfgs: dict, which: str = "final", seed: int | None = None,
-          labels: dict | None = None, test: bool = False, **opts) -> dict:
-    """Run one stage's trials (assignment2.run_trials) on the splits `which`: {name: trial}. Each
-    trial's "name" is its label (default: its name); test: evaluate the test set once per network."""
-    tr, va, te = ctx.data(which)
-    trials = a.run_trials(name, list(cfgs.values()), tr, va, ctx.seed if seed is None else seed,
-                          ctx.out_dir / "bonus.jsonl", ctx.log, test_set=te if test else None,
-                          names=[(labels or {}).get(k, k) for k in cfgs], **opts)
-    return dict(zip(cfgs, trials))
+          labels: dict | None = None, basis=None, **record) -> dict:
+    """Run one stage's trials on the splits `which` (assignment2.run_trials): {name: trial}. Each
+    trial's "name" is its label (default: its name); record: what else to keep (a.Stage)."""
+    trials = tuple(((labels or {}).get(k, k), cfg) for k, cfg in cfgs.items())
+    done = a.run_trials(a.Stage(name, trials, **record), ctx.data(which),
+                        ctx.seed if seed is None else seed, ctx.out_dir / "bonus.jsonl", ctx.log, basis)
+    return dict(zip(cfgs, done))
 
 
 def only(trials: dict) -> dict:
@@ -128,7 +127,7 @@ def run(ctx) -> dict:
     n_s = a.search_ns(ctx.plan, tr.n, Config.n_batch)
     a.plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), x.shift)
 
-    rt = only(stage(ctx, "bonus_range", range_test(x, lam50, per_epoch), keep_history=True))
+    rt = only(stage(ctx, "bonus_range", range_test(x, lam50, per_epoch), history=True))
     # where validation accuracy peaks; a rate high enough to diverge ends the test early (nan after)
     eta_max = rt["history"]["eta"][int(np.nanargmax(np.array(rt["history"]["val_acc"], float)))]
     a.plot_range_test(rt["history"], ctx.figure("bonus_range_test.png"), eta_max)
@@ -141,7 +140,7 @@ def run(ctx) -> dict:
     winner = a.top_trials(list(abl.values()), 1)[0]
     best_cfg = replace(Config(**winner["cfg"]), m=x.best_m, n_cycles=x.best_cycles)
     best = only(stage(ctx, "bonus_best", {f"{winner['name']}, m={x.best_m}, {x.best_cycles} cycles":
-                                          best_cfg}, test=True, progress=True, keep_history=True))
+                                          best_cfg}, test=True, verbose=True, history=True))
     if not best["diverged"]:
         a.plot_curves(best["history"], ctx.figure("bonus_best.png"),
                       f"{best['name']}: test accuracy {a.pct(best['test_acc'])}")
@@ -160,8 +159,8 @@ def run(ctx) -> dict:
                    selection(x, rows["translations"], a.search_ns(ctx.plan, s_tr.n, Config.n_batch)),
                    which="search", basis=ctx.basis("search", x.pca))
     pick = Config(**a.top_trials(list(select.values()), 1)[0]["cfg"])
-    longs = stage(ctx, "bonus_long", long_runs(x, pick, per_epoch), test=True, keep_history=True,
-                  mirror_eval=True, save_dir=ctx.out_dir / "models", progress=True, basis=basis)
+    longs = stage(ctx, "bonus_long", long_runs(x, pick, per_epoch), test=True, history=True,
+                  mirror=True, save_dir=ctx.out_dir / "models", verbose=True, basis=basis)
     ok = [t for t in longs.values() if not t["diverged"]]
     if not ok:
         raise a.Diverged("every long run diverged")
@@ -170,7 +169,7 @@ def run(ctx) -> dict:
                   f"{long['name']}: test accuracy {a.pct(long['test_acc'])}, "
                   f"mirrored {a.pct(long['test_acc_mirror'])}")
     again = [only(stage(ctx, "bonus_long_seed", {f"{long['name']}, seed {s}": Config(**long["cfg"])},
-                        seed=s, test=True, mirror_eval=True, progress=True, basis=basis))
+                        seed=s, test=True, mirror=True, verbose=True, basis=basis))
              for s in range(ctx.seed + 1, ctx.seed + x.seeds)]
     runs = [long, *again]
     everything = [rt, *lams.values(), *abl.values(), best, pca_row, *select.values(),
