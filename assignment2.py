@@ -1,29 +1,32 @@
 """DD2424 Assignment 2: a two-layer network for CIFAR-10, trained with cyclical learning rates.
 
 Run it
-    python assignment2.py                 # every exercise in order (a few minutes on 2 cores)
-    python assignment2.py fig3            # one step alone: gradcheck overfit fig3 fig4 coarse fine final
-    python assignment2.py --quick         # tiny sizes, the whole pipeline in seconds (smoke test)
-    python assignment2.py --help
+    python3 assignment2.py             # every exercise in order (about 3 minutes on 2 cores)
+    python3 assignment2.py fig3        # one step: gradcheck overfit fig3 fig4 coarse fine final
+    python3 assignment2.py --quick     # tiny sizes, the whole pipeline in seconds (a smoke test)
+    python3 assignment2.py bonus       # Exercise 5, stated in bonus.py (about two hours)
+    python3 assignment2.py report      # report/report.pdf, typeset from report/report.typ
+    python3 assignment2.py --help
 
 Data: --data-dir, else $CIFAR10_DIR, else data/cifar-10-batches-py (downloaded there when missing).
 
-Writes under --out-dir (default: this folder for a full run, runs/<run>/ for --quick or when this folder holds another
-run; a folder holding another run is never written into, see --help)
-    figures/*.png       Figure 3 and 4 replicas, the schedule, both searches, the final run
-    results.json        the numbers (keys fig3, fig4, coarse, fine, final, gradcheck, overfit); same seed, same file
-    results.txt         the same numbers for people, plus how long each part took
-    search_coarse.jsonl, search_fine.jsonl   one line per finished search trial (a rerun resumes from them)
-The program's own files (atomic writes, the folder lock, validated reads, fingerprints) are handled by runfiles.py.
+Writes under --out-dir (default: this folder for a full run; runs/<run>/ for --quick, or when this
+folder holds another run, which is never written into)
+    figures/*.png      Figure 3 and 4 replicas, the schedule, both searches, the final run
+    results.json       every number, keyed by step; the same seed gives the same file
+    results.txt        the same numbers for people, and how long each part took
+    search_*.jsonl     one line per finished search trial: a rerun resumes from them
+The program's own files (atomic writes, one writer per folder, validated reads, fingerprints of
+data and code) are kept by runfiles.py beside this file.
 
-Conventions: X is d x n (one column per image, stored Fortran-ordered so a column is contiguous), Y is K x n one-hot,
-y holds the n labels 0..K-1. Params and grads are dicts with keys W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1).
-The penalty is lam * sum(W**2) as in eq. (7), so its gradient is 2 * lam * W (eq. 12).
+Conventions: X is d x n (one column per image, stored Fortran-ordered so that a column is
+contiguous), Y is K x n one-hot, y holds the n labels 0..K-1. Params and grads are dicts with keys
+W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1). The penalty is lam * sum(W**2) as in eq. (7), so its
+gradient is 2 lam W (eq. 12).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -35,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runfiles import (DataError, FolderLock, SafeUnpickler, StateError, TrialFile, arrays_fingerprint,
-                      atomic_path, choose_out_dir, describe, download_archive, identity, load_progress,
-                      nested, open_run, save_progress, source_fingerprint, step_problem,
-                      write_atomic)
+from runfiles import (DataError, FolderLock, SafeUnpickler, StateError, TrialFile,
+                      arrays_fingerprint, atomic_path, choose_out_dir, code_fingerprint, describe,
+                      download_archive, identity, load_progress, nested, open_run, save_progress,
+                      step_problem, write_atomic)
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Config
 
 K = 10  # classes
@@ -48,7 +51,8 @@ D = 32 * 32 * 3  # input dimension of a CIFAR-10 image
 PROJECT_DIR = Path(__file__).resolve().parent
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+CIFAR_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+               "test_batch")
 MAX_BATCH_BYTES = 1 << 28  # a batch file may hold at most this much (an official one: 31 MB)
 
 
@@ -63,15 +67,20 @@ class Config:
     n_cycles: int = 1  # full cycles of 2 * n_s steps
     n_batch: int = 100  # images per mini-batch
     evals_per_cycle: int = 10  # points on the training curves per cycle
-    eval_train: bool = True  # evaluate the full training set at every point (searches only need it at the end)
+    # evaluate the full training set at every point (searches only need it at the end)
+    eval_train: bool = True
     dtype: str = "float32"  # training precision; gradient checks always use float64
     # Exercise 5 (the defaults leave them off, so the runs above are the spec's)
     p_drop: float = 0.0  # probability of dropping a hidden unit in training (inverted dropout)
     flip: bool = False  # mirror each training image left-right with probability 1/2
-    shift: int = 0  # translate each training image by tx, ty in [-shift, shift] pixels, edges replicated
-    pca: int = 0  # train W1 within the top-pca principal directions of the training images (0: all of pixel space)
+    # translate each training image by tx, ty in [-shift, shift] pixels, edges replicated
+    shift: int = 0
+    # train W1 within the top-pca principal directions of the training images (0: all of pixel
+    # space)
+    pca: int = 0
     optimizer: str = "sgd"  # sgd (eqs. 10-11), nesterov, adam
-    schedule: str = "cyclic"  # cyclic (eqs. 14-15), linear (eta_max down to 0), range (eta_min up to eta_max)
+    # cyclic (eqs. 14-15), linear (eta_max down to 0), range (eta_min up to eta_max)
+    schedule: str = "cyclic"
     momentum: float = 0.9  # Nesterov momentum
     beta1: float = 0.9  # Adam's decay of the first moment
     beta2: float = 0.999  # Adam's decay of the second moment
@@ -102,7 +111,7 @@ def check_config(cfg: Config, n_train: int) -> None:
     if cfg.lam < 0 or not math.isfinite(cfg.lam):
         problems.append(f"lam={cfg.lam} must be finite and >= 0")
     if not (0 < cfg.eta_min <= cfg.eta_max) or not math.isfinite(cfg.eta_max):
-        problems.append(f"need 0 < eta_min <= eta_max, got eta_min={cfg.eta_min}, eta_max={cfg.eta_max}")
+        problems.append(f"need 0 < eta_min <= eta_max, got {cfg.eta_min}, {cfg.eta_max}")
     if cfg.n_s <= 0:
         problems.append(f"n_s={cfg.n_s} must be positive")
     if cfg.n_cycles <= 0:
@@ -110,7 +119,7 @@ def check_config(cfg: Config, n_train: int) -> None:
     if cfg.evals_per_cycle <= 0:
         problems.append(f"evals_per_cycle={cfg.evals_per_cycle} must be positive")
     if not 1 <= cfg.n_batch <= n_train:
-        problems.append(f"n_batch={cfg.n_batch} must be between 1 and the {n_train} training images")
+        problems.append(f"n_batch={cfg.n_batch} must be from 1 to the {n_train} training images")
     if cfg.dtype not in ("float32", "float64"):
         problems.append(f"dtype={cfg.dtype!r} must be 'float32' or 'float64'")
     if not 0 <= cfg.p_drop < 1:
@@ -129,7 +138,7 @@ def check_config(cfg: Config, n_train: int) -> None:
         raise ConfigError("invalid hyper-parameters: " + "; ".join(problems))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Data (Exercise 1)
 
 @dataclass
@@ -155,15 +164,18 @@ def one_hot(y: np.ndarray) -> np.ndarray:
 
 
 def _labels(labels, n: int, path: Path) -> np.ndarray:
-    """b'labels' as int64 (n,), checked before numpy converts it: a flat list of n integers or a 1-D integer
-    array. Anything else (nested, ragged or self-referencing lists) is refused without being expanded."""
+    """b'labels' as int64 (n,), checked before numpy converts it: a flat list of n integers or a
+    1-D integer array. Anything else (nested, ragged or self-referencing lists) is refused
+    without being expanded."""
     if isinstance(labels, np.ndarray):
         flat = labels.ndim == 1 and labels.dtype.kind in "iu"
     else:
-        flat = isinstance(labels, list) and all(type(v) is int or isinstance(v, np.integer) for v in labels)
+        flat = isinstance(labels, list) and all(isinstance(v, (int, np.integer))
+                                                and not isinstance(v, bool) for v in labels)
     if not flat or len(labels) != n:
-        what = f"{type(labels).__name__} of {len(labels)}" if hasattr(labels, "__len__") else type(labels).__name__
-        raise DataError(f"{path}: b'labels' must be a flat list of {n} integers (one per image), got {what}")
+        what = type(labels).__name__ + (f" of {len(labels)}" if hasattr(labels, "__len__") else "")
+        raise DataError(f"{path}: b'labels' must be a flat list of {n} integers (one per image), "
+                        f"got {what}")
     try:
         return np.asarray(labels, dtype=np.int64)
     except OverflowError:
@@ -171,35 +183,41 @@ def _labels(labels, n: int, path: Path) -> np.ndarray:
 
 
 def load_batch(path: Path) -> Split:
-    """Read one batch file of the official python layout; X comes back as uint8 (d, n), Fortran-ordered."""
+    """Read one batch file of the official python layout; X comes back as uint8 (d, n),
+    Fortran-ordered."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size > MAX_BATCH_BYTES:
-        raise DataError(f"{path}: {path.stat().st_size >> 20} MiB is too large for a CIFAR-10 batch "
-                        f"(at most {MAX_BATCH_BYTES >> 20} MiB)")
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes is too large for a CIFAR-10 "
+                        f"batch (at most {MAX_BATCH_BYTES:,})")
     try:
         with open(path, "rb") as f:
             batch = SafeUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError) as e:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): "
+                        f"{e}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path}: expected a dict with b'data' and b'labels'")
     data = batch[b"data"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != D:
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+            or data.shape[1] != D):
         shape = getattr(data, "shape", None)
-        raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, {D}), got {type(data).__name__} "
+        raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, {D}), got "
+                        f"{type(data).__name__} "
                         f"{getattr(data, 'dtype', '')} {shape}")
     labels = _labels(batch[b"labels"], data.shape[0], path)
     if labels.size and (labels.min() < 0 or labels.max() >= K):
         raise DataError(f"{path}: labels outside 0..{K - 1} (found {labels.min()}..{labels.max()})")
-    return Split(X=data.T, y=labels.astype(np.int64))  # data.T of a C-ordered (n, d) array is (d, n) Fortran
+    # data.T of a C-ordered (n, d) array is (d, n) Fortran
+    return Split(X=data.T, y=labels.astype(np.int64))
 
 
 def concat(parts: list[Split]) -> Split:
     """Several splits as one, in order."""
-    X = np.concatenate([p.X.T for p in parts]).T  # (d, n) Fortran: stack images as rows, then view as columns
+    # (d, n) Fortran: stack images as rows, then view as columns
+    X = np.concatenate([p.X.T for p in parts]).T
     return Split(X=X, y=np.concatenate([p.y for p in parts]))
 
 
@@ -209,7 +227,8 @@ def load_batches(data_dir: Path, names) -> Split:
 
 
 def normalise(train: Split, *others: Split, dtype="float32") -> list[Split]:
-    """Zero mean, unit std per pixel, with the training split's statistics for every split (Exercise 1)."""
+    """Zero mean, unit std per pixel, with the training split's statistics for every split
+    (Exercise 1)."""
     mean = train.X.mean(axis=1, keepdims=True)  # (d, 1), float64
     std = train.X.std(axis=1, keepdims=True)  # (d, 1)
     std[std == 0] = 1  # a constant pixel carries no information; avoid 0/0
@@ -239,22 +258,25 @@ def resolve_data_dir(arg: str | None) -> tuple[Path, bool]:
 
 
 def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5) -> Path:
-    """Check the folder holds every batch; download the official archive into the default folder if it is missing."""
+    """Check the folder holds every batch; download the official archive into the default folder
+    if it is missing."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         if not may_download:
             raise DataError(f"{data_dir}: data folder not found")
         print(f"data: {data_dir} is missing; downloading {url}", file=sys.stderr)
-        help_ = (f"Download {CIFAR_URL} by hand, extract it, and put the folder cifar-10-batches-py at "
-                 f"{data_dir} (or pass --data-dir / set CIFAR10_DIR).")
-        download_archive(url, md5, data_dir, "cifar-10-batches-py/", CIFAR_FILES + ("batches.meta",), help_)
+        help_ = (f"Download {CIFAR_URL} by hand, extract it, and put the folder "
+                 f"cifar-10-batches-py at {data_dir} (or pass --data-dir / set CIFAR10_DIR).")
+        download_archive(url, md5, data_dir, "cifar-10-batches-py/",
+                         CIFAR_FILES + ("batches.meta",), help_)
     missing = [f for f in CIFAR_FILES if not (data_dir / f).is_file()]
     if missing:
         raise DataError(f"{data_dir}: missing {', '.join(missing)}")
     return data_dir
 
 
-def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=(), dtype="float32"):
+def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=(),
+               dtype="float32") -> list[Split]:
     """Train, validation and test splits, normalised with the training statistics.
     Validation is either the files val_names or the last n_val images of the training files."""
     train = load_batches(data_dir, train_names)
@@ -266,13 +288,14 @@ def load_cifar(data_dir: Path, train_names, n_val: int | None = None, val_names=
     return normalise(train, val, test, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Network: initialisation, forward pass, cost (eqs. 1-8)
 
 def init_params(d: int, m: int, rng: np.random.Generator, dtype="float64") -> dict:
     """W1 ~ N(0, 1/d), W2 ~ N(0, 1/m), zero biases (Exercise 1)."""
     return {
-        # W1 is Fortran-ordered, the layout its gradient (X G^T)^T comes out in, so updates stream contiguously
+        # W1 is Fortran-ordered, the layout its gradient (X G^T)^T comes out in, so updates stream
+        # contiguously
         "W1": np.asfortranarray(rng.standard_normal((m, d)) / np.sqrt(d), dtype),  # (m, d)
         "b1": np.zeros((m, 1), dtype),  # (m, 1)
         "W2": (rng.standard_normal((K, m)) / np.sqrt(m)).astype(dtype),  # (K, m)
@@ -286,10 +309,12 @@ def softmax(S: np.ndarray) -> np.ndarray:
     return E / E.sum(axis=0, keepdims=True)
 
 
-def forward(X: np.ndarray, params: dict, drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def forward(X: np.ndarray, params: dict, drop: np.ndarray | None = None) -> tuple:
     """Eqs. (1-4): P (K, n) and the hidden activations H (m, n) that the backward pass needs.
-    drop: inverted-dropout mask (m, n) of 0 and 1/(1-p) multiplying H in training (Exercise 5); None at evaluation."""
-    S1 = (X.T @ params["W1"].T).T  # (m, n) = W1 X; written transposed, OpenBLAS picks a faster kernel for it
+    drop: inverted-dropout mask (m, n) of 0 and 1/(1-p) multiplying H in training (Exercise 5);
+    None at evaluation."""
+    # (m, n) = W1 X; written transposed, OpenBLAS picks a faster kernel for it
+    S1 = (X.T @ params["W1"].T).T
     H = np.maximum(S1 + params["b1"], 0)  # (m, n), eqs. 1-2
     if drop is not None:
         H *= drop
@@ -310,17 +335,14 @@ def penalty(params: dict, lam: float) -> float:
 def cross_entropy(P: np.ndarray, y: np.ndarray) -> float:
     """Mean of eq. (8), -log p_y, over the columns of P."""
     p_y = P[y, np.arange(y.size)].astype(np.float64)
-    return float(-np.mean(np.log(np.maximum(p_y, np.finfo(P.dtype).tiny))))  # tiny: log(0) would be -inf
+    # tiny: log(0) would be -inf
+    return float(-np.mean(np.log(np.maximum(p_y, np.finfo(P.dtype).tiny))))
 
 
-def mirror_images(X: np.ndarray) -> np.ndarray:
-    """Every image (column) of X (D, n) mirrored left-right."""
-    return X.reshape(3, 32, 32, -1)[:, :, ::-1].reshape(D, -1)  # (D, n)
-
-
-def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int = 10000, mirror: bool = False) -> dict:
-    """Loss (eq. 8), cost (eq. 7) and accuracy on a whole split, in chunks of columns to bound memory.
-    mirror (Exercise 5): classify with the mean of P for each image and its mirror image."""
+def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int = 10000,
+             mirror: bool = False) -> dict:
+    """Loss (eq. 8), cost (eq. 7) and accuracy on a whole split, in chunks of columns to bound
+    memory. mirror (Exercise 5): classify with the mean of P for each image and its mirror image."""
     loss_sum, correct = 0.0, 0
     for i in range(0, y.size, chunk):
         P, _ = forward(X[:, i:i + chunk], params)  # (K, chunk)
@@ -333,17 +355,18 @@ def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int 
     return {"loss": loss, "cost": loss + penalty(params, lam), "acc": correct / y.size}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Gradients and checks (Exercise 2)
+# --------------------------------------------------------------------------------------------------
+# Gradients and their checks (Exercise 2, eqs. 12-13)
 
 def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params: dict, lam: float,
              out: dict | None = None, drop: np.ndarray | None = None) -> dict:
-    """Eqs. (12-13): gradients of the mini-batch cost J with respect to every parameter.
-    With one-hot Y, dJ/dS = (P - Y) / n; y is used instead of Y to avoid building the one-hot matrix.
-    out: arrays shaped like params to write the gradients into (the trainer reuses one set every step).
-    drop: the dropout mask forward() used, if any."""
+    """Eqs. (12-13): gradients of the mini-batch cost J with respect to every parameter. With
+    one-hot Y, dJ/dS = (P - Y) / n; y is used instead of Y to avoid building the one-hot matrix.
+    out: arrays shaped like params to write the gradients into (the trainer reuses one set every
+    step). drop: the dropout mask forward() used, if any."""
     n = X.shape[1]
-    grads = out if out is not None else {k: np.empty_like(v) for k, v in params.items()}  # W1 keeps its F order
+    # W1 keeps its F order
+    grads = out if out is not None else {k: np.empty_like(v) for k, v in params.items()}
     G = P.copy()  # (K, n)
     G[y, np.arange(n)] -= 1
     G /= n
@@ -353,7 +376,8 @@ def backward(X: np.ndarray, y: np.ndarray, P: np.ndarray, H: np.ndarray, params:
     G *= H > 0  # ReLU passes the gradient where it was active
     if drop is not None:
         G *= drop  # dH/dS1 = drop where the ReLU was active
-    np.matmul(X, G.T, out=grads["W1"].T)  # (d, m) view of the (m, d) gradient G X^T: the faster kernel again
+    # (d, m) view of the (m, d) gradient G X^T: the faster kernel again
+    np.matmul(X, G.T, out=grads["W1"].T)
     np.sum(G, axis=1, keepdims=True, out=grads["b1"])  # (m, 1)
     if lam:
         for k in ("W1", "W2"):
@@ -367,8 +391,9 @@ def grads_analytic(X, y, params, lam, drop=None) -> dict:
 
 
 def grads_numerical(X, y, params, lam, h=1e-4, drop=None) -> dict:
-    """Centred finite differences of the cost, one parameter entry at a time (float64, small sizes only).
-    h=1e-4 balances truncation (h**2) against rounding (eps / h) error best on the spec's small setting."""
+    """Centred finite differences of the cost, one parameter entry at a time (float64, small
+    sizes only). h=1e-4 balances truncation (h**2) against rounding (eps / h) error best on the
+    spec's small setting."""
     def J():
         return cross_entropy(forward(X, params, drop)[0], y) + penalty(params, lam)
     grads = {}
@@ -387,7 +412,8 @@ def grads_numerical(X, y, params, lam, h=1e-4, drop=None) -> dict:
 
 
 def grads_torch(X, y, params, lam) -> dict:
-    """The gradients that PyTorch autograd computes (torch_gradient_computations.py), in our dict layout."""
+    """The gradients that PyTorch autograd computes (torch_gradient_computations.py), in our dict
+    layout."""
     from torch_gradient_computations import ComputeGradsWithTorch
     net = {"W": [params["W1"], params["W2"]], "b": [params["b1"], params["b2"]]}
     g = ComputeGradsWithTorch(X, y, net, lam)
@@ -395,14 +421,17 @@ def grads_torch(X, y, params, lam) -> dict:
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest element-wise relative error |a-b| / max(1e-8, |a|+|b|) (cs231n's gradient-check measure)."""
+    """Largest element-wise relative error |a-b| / max(1e-8, |a|+|b|) (cs231n's gradient-check
+    measure)."""
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
 def gradcheck(rng: np.random.Generator, X: np.ndarray | None = None, y: np.ndarray | None = None,
-              settings=((5, 3, 6, 0.0), (5, 3, 6, 0.1), (20, 10, 15, 0.0), (20, 10, 15, 0.05))) -> list[dict]:
+              settings=((5, 3, 6, 0.0), (5, 3, 6, 0.1), (20, 10, 15, 0.0), (20, 10, 15, 0.05)),
+              ) -> list[dict]:
     """Compare analytic gradients with torch autograd and with finite differences, in float64.
-    Each setting is (d, n, m, lam); data come from the first d rows and n columns of X (random if None)."""
+    Each setting is (d, n, m, lam); data come from the first d rows and n columns of X (random if
+    None)."""
     rows = []
     for d, n, m, lam in settings:
         if X is None:
@@ -410,22 +439,24 @@ def gradcheck(rng: np.random.Generator, X: np.ndarray | None = None, y: np.ndarr
         else:
             Xs, ys = np.asarray(X[:d, :n], np.float64), y[:n]
         params = init_params(d, m, rng, "float64")
-        params["b1"] += 0.1 * rng.standard_normal(params["b1"].shape)  # non-zero biases test their gradients too
+        # non-zero biases test their gradients too
+        params["b1"] += 0.1 * rng.standard_normal(params["b1"].shape)
         params["b2"] += 0.1 * rng.standard_normal(params["b2"].shape)
         ours = grads_analytic(Xs, ys, params, lam)
         torch_g, num_g = grads_torch(Xs, ys, params, lam), grads_numerical(Xs, ys, params, lam)
         for k in params:
             rows.append({"d": d, "n": n, "m": m, "lam": lam, "param": k,
-                         "vs_torch": rel_error(ours[k], torch_g[k]), "vs_numerical": rel_error(ours[k], num_g[k])})
+                         "vs_torch": rel_error(ours[k], torch_g[k]),
+                         "vs_numerical": rel_error(ours[k], num_g[k])})
     return rows
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Training: cyclical learning rate (eqs. 14-15) and mini-batch gradient descent
+# --------------------------------------------------------------------------------------------------
+# Training: mini-batch gradient descent with a cyclical learning rate (Exercise 3, eqs. 10-15)
 
 def cyclic_eta(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
-    """Triangular schedule: rises linearly from eta_min at t = 2 l n_s to eta_max at (2l+1) n_s (eq. 14), then falls
-    back to eta_min at 2(l+1) n_s (eq. 15)."""
+    """Triangular schedule: rises linearly from eta_min at t = 2 l n_s to eta_max at (2l+1) n_s
+    (eq. 14), then falls back to eta_min at 2(l+1) n_s (eq. 15)."""
     assert t >= 0 and n_s > 0
     l, r = divmod(t, 2 * n_s)
     if r <= n_s:
@@ -434,8 +465,9 @@ def cyclic_eta(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
 
 
 def learning_rate(t: int, cfg: Config) -> float:
-    """eta at update step t under cfg.schedule: the cyclic rate of eqs. 14-15, a linear decay from eta_max to 0 over
-    the run (for Nesterov momentum, Exercise 5), or a linear rise from eta_min to eta_max (the range test)."""
+    """eta at update step t under cfg.schedule: the cyclic rate of eqs. 14-15, a linear decay
+    from eta_max to 0 over the run (for Nesterov momentum, Exercise 5), or a linear rise from
+    eta_min to eta_max (the range test)."""
     total = 2 * cfg.n_s * cfg.n_cycles
     if cfg.schedule == "cyclic":
         return cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
@@ -444,124 +476,40 @@ def learning_rate(t: int, cfg: Config) -> float:
     return cfg.eta_min + t / total * (cfg.eta_max - cfg.eta_min)
 
 
-def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
-    """The k directions of largest variance of the zero-mean training images XT (n, d), as orthonormal columns, the
-    largest first: (d, k). Exercise 5 trains wide networks with W1 = V U^T, V (m, k): a two-layer network whose
-    first layer sees only these directions, at about k/d of the first layer's cost."""
-    C = (XT.T @ XT).astype(np.float64) / XT.shape[0]  # (d, d) covariance; normalise() made every pixel zero-mean
-    _, U = np.linalg.eigh(C)  # eigenvalues ascending
-    return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
-
-
-def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
-    """The fraction of the training images' pixel variance that lies in the directions basis (d, k) of pca_basis()."""
-    Z = XT @ basis  # (n, k)
-    return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
-
-
-def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
-    """The training images laid out once for augmentation (Exercise 5): every (3, 32, 32) image padded by `shift`
-    pixels on each side by repeating its edge pixels, with flip stacked with its mirror image, and viewed as all its
-    (32, 32) crops: (1 or 2, n, 3, 2 shift + 1, 2 shift + 1, 32, 32), a view of (1 or 2) x (1 + shift/16)^2 times
-    the memory of XT. Storing the mirror images makes a batch one gather, at half the cost of flipping after it."""
-    from numpy.lib.stride_tricks import sliding_window_view
-    n, s = XT.shape[0], shift
-    X = XT.reshape(n, 3, 32, 32)
-    out = np.empty((1 + flip, n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)  # filled by hand: np.pad is twice as slow
-    p = out[0]
-    p[:, :, s:s + 32, s:s + 32] = X
-    p[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
-    p[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
-    p[:, :, :, :s] = p[:, :, :, s:s + 1]  # then the columns, corners included
-    p[:, :, :, s + 32:] = p[:, :, :, s + 31:s + 32]
-    if flip:
-        out[1] = p[..., ::-1]
-    return sliding_window_view(out, (32, 32), axis=(3, 4))
-
-
-def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.ndarray, ox: np.ndarray) -> np.ndarray:
-    """Images idx, image i mirrored if f[i] = 1 and then moved down by shift - oy[i] and right by shift - ox[i] pixels:
-    (B, D). windows is augment_source(...); one gather for the batch, no per-image loop."""
-    return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
-
-
-def subspace(XT: np.ndarray, cfg: Config, basis: np.ndarray | None = None) -> np.ndarray | None:
-    """The principal directions W1 is trained in (d, k), or None when cfg.pca is 0: basis if given
-    (checked against the data), else pca_basis of the training images XT (n, d)."""
-    if not cfg.pca:
-        return None
-    if cfg.pca > XT.shape[1]:
-        raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
-    if basis is None:
-        return pca_basis(XT, cfg.pca)  # (d, k)
-    if basis.shape != (XT.shape[1], cfg.pca):
-        raise ConfigError(f"a basis of shape {basis.shape} does not fit pca={cfg.pca} on {XT.shape[1]} inputs")
-    return basis
-
-
-def dropout_mask(cfg: Config, B: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Inverted dropout: every hidden unit of every image kept with probability 1 - p_drop and scaled
-    by 1 / (1 - p_drop), so that evaluation needs no mask: (m, B), or None without dropout."""
-    if not cfg.p_drop:
-        return None
-    dtype, keep = np.dtype(cfg.dtype), 1 - cfg.p_drop
-    return (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)
-
-
-def optimizer_state(params: dict, cfg: Config) -> dict:
-    """What the optimiser carries between steps: nothing (SGD), a velocity (Nesterov), two moments (Adam)."""
-    zeros = lambda: {k: np.zeros_like(v) for k, v in params.items()}
-    return {"sgd": dict, "nesterov": zeros, "adam": lambda: {"m": zeros(), "v": zeros()}}[cfg.optimizer]()
+def eval_steps(cfg: Config) -> list[int]:
+    """Update steps after which the curves are recorded: 0, then evals_per_cycle evenly spaced
+    points per cycle."""
+    total = 2 * cfg.n_s * cfg.n_cycles
+    every = 2 * cfg.n_s / cfg.evals_per_cycle
+    points = cfg.evals_per_cycle * cfg.n_cycles
+    return sorted({0, total} | {round(i * every) for i in range(1, points + 1)})
 
 
 def update(params: dict, grads: dict, state: dict, eta: float, t: int, cfg: Config) -> None:
-    """One optimiser step, in place. grads holds the gradient of the loss only; the L2 term of eq. 12 enters here
-    (and grads is used as scratch space)."""
-    if cfg.optimizer == "sgd":  # eqs. 10-12: W - eta (dL/dW + 2 lam W) = (1 - 2 eta lam) W - eta dL/dW
-        for k in params:
-            if cfg.lam and k.startswith("W"):
-                params[k] *= 1 - 2 * eta * cfg.lam
-            grads[k] *= eta
-            params[k] -= grads[k]
-        return
-    for k, g in grads.items():
+    """One optimiser step, in place. grads holds the gradient of the loss only; the L2 term of
+    eq. 12 enters here, and grads is used as scratch space. Plain SGD (eqs. 10-12) folds the penalty
+    into a decay: W - eta (dL/dW + 2 lam W) = (1 - 2 eta lam) W - eta dL/dW."""
+    if cfg.optimizer != "sgd":
+        return update_momentum(params, grads, state, eta, t, cfg)  # Exercise 5
+    for k in params:
         if cfg.lam and k.startswith("W"):
-            g += (2 * cfg.lam) * params[k]  # eq. 12
-        if cfg.optimizer == "nesterov":  # as torch.optim.SGD(nesterov=True): v <- mu v + g, step along g + mu v
-            v = state[k]
-            v *= cfg.momentum
-            v += g
-            g += cfg.momentum * v
-            g *= eta
-            params[k] -= g
-        else:  # Adam (Kingma and Ba, 2015) with bias-corrected moments
-            m, v = state["m"][k], state["v"][k]
-            m *= cfg.beta1
-            m += (1 - cfg.beta1) * g
-            v *= cfg.beta2
-            v += (1 - cfg.beta2) * g * g
-            m_hat, v_hat = m / (1 - cfg.beta1 ** (t + 1)), v / (1 - cfg.beta2 ** (t + 1))
-            params[k] -= eta * m_hat / (np.sqrt(v_hat) + cfg.eps)
-
-
-def eval_steps(cfg: Config) -> list[int]:
-    """Update steps after which the curves are recorded: 0, then evals_per_cycle evenly spaced points per cycle."""
-    total = 2 * cfg.n_s * cfg.n_cycles
-    every = 2 * cfg.n_s / cfg.evals_per_cycle
-    return sorted({0, total} | {round(i * every) for i in range(1, cfg.evals_per_cycle * cfg.n_cycles + 1)})
+            params[k] *= 1 - 2 * eta * cfg.lam
+        grads[k] *= eta
+        params[k] -= grads[k]
 
 
 def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
           log=print, name: str = "", progress: tuple[Path, str] | None = None,
           basis: np.ndarray | None = None) -> dict:
     """Mini-batch gradient descent for 2 n_s n_cycles update steps, reshuffled every epoch: by
-    default the spec's SGD with the cyclic learning rate (eqs. 10-15); cfg can switch on Exercise 5's
-    augmentation, dropout, W1 in a principal subspace, Nesterov momentum, Adam and other schedules.
-    Updates params in place; returns the history of cost, loss and accuracy on the whole training and
-    validation sets at eval_steps(cfg). Raises Diverged if the cost stops being finite.
-    progress = (path, tag): save the state at every evaluation point, and go on from a saved state of
-    the same tag: an interrupted long run resumes. basis: pca_basis(training images, cfg.pca), when
-    the caller has it already (a 3072 x 3072 eigendecomposition); computed here otherwise."""
+    default the spec's SGD with the cyclic learning rate (eqs. 10-15); cfg can switch on Exercise
+    5's augmentation, dropout, W1 in a principal subspace, Nesterov momentum, Adam and other
+    schedules. Updates params in place; returns the history of cost, loss and accuracy on the
+    whole training and validation sets at eval_steps(cfg). Raises Diverged if the cost stops
+    being finite. progress = (path, tag): save the state at every evaluation point, and go on
+    from a saved state of the same tag: an interrupted long run resumes. basis:
+    pca_basis(training images, cfg.pca), when the caller has it already (a 3072 x 3072
+    eigendecomposition); computed here otherwise."""
     check_config(cfg, train_set.n)
     t_start, dtype = time.perf_counter(), np.dtype(cfg.dtype)
     for k in params:
@@ -579,7 +527,8 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     per_epoch = n // B  # a partial last batch is dropped
     start, seconds, perm = resume(progress, params, state, hist, rng, n, log, f"{name}", total)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence makes inf/nan: record() says so
+        # divergence makes inf/nan: record() says so
+        with np.errstate(over="ignore", invalid="ignore"):
             if start == 0:
                 record(hist, 0, params, data, cfg, log, name)
             for t in range(start, total):
@@ -602,11 +551,13 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
 def get_batch(XT: np.ndarray, windows, basis, idx: np.ndarray, cfg: Config,
               rng: np.random.Generator) -> np.ndarray:
     """Where a mini-batch comes from: the images idx as columns (d, B), Fortran-ordered; with
-    augmentation (Exercise 5) one draw per image, mirror or not and the offset of its crop, and one
-    gather from windows = augment_source(...); projected onto basis (k, B) when W1 is in a subspace."""
+    augmentation (Exercise 5) one draw per image, mirror or not and the offset of its crop, and
+    one gather from windows = augment_source(...); projected onto basis (k, B) when W1 is in a
+    subspace."""
     if windows is None:
         return XT[idx].T  # XT is already projected when basis is set
-    f, oy, ox = rng.integers(0, 1 + cfg.flip, idx.size), *rng.integers(0, 2 * cfg.shift + 1, (2, idx.size))
+    f = rng.integers(0, 1 + cfg.flip, idx.size)
+    oy, ox = rng.integers(0, 2 * cfg.shift + 1, (2, idx.size))
     Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, d)
     return (Xr if basis is None else Xr @ basis).T
 
@@ -614,7 +565,8 @@ def get_batch(XT: np.ndarray, windows, basis, idx: np.ndarray, cfg: Config,
 def train_step(params: dict, grads: dict, state: dict, Xb: np.ndarray, yb: np.ndarray, t: int,
                cfg: Config, rng: np.random.Generator) -> None:
     """One update: forward pass (with a fresh dropout mask, Exercise 5), the loss gradients of
-    eqs. 12-13 into grads, and the optimiser step at the learning rate of step t (eqs. 10-11, 14-15)."""
+    eqs. 12-13 into grads, and the optimiser step at the learning rate of step t (eqs. 10-11,
+    14-15)."""
     drop = dropout_mask(cfg, Xb.shape[1], rng)  # (m, B) or None
     P, H = forward(Xb, params, drop)
     backward(Xb, yb, P, H, params, 0.0, out=grads, drop=drop)  # the loss part; update() adds L2
@@ -622,12 +574,14 @@ def train_step(params: dict, grads: dict, state: dict, Xb: np.ndarray, yb: np.nd
 
 
 def new_history() -> dict:
-    return {"step": [], "eta": []} | {f"{s}_{q}": [] for s in ("train", "val") for q in ("cost", "loss", "acc")}
+    curves = [f"{s}_{q}" for s in ("train", "val") for q in ("cost", "loss", "acc")]
+    return {"step": [], "eta": []} | {c: [] for c in curves}
 
 
 def record(hist: dict, t: int, params: dict, data: tuple, cfg: Config, log=print, name="") -> None:
-    """One evaluation point: cost, loss and accuracy on the whole validation set, and on the training
-    set unless cfg skips it until the end, appended to hist and logged; Diverged if not finite."""
+    """One evaluation point: cost, loss and accuracy on the whole validation set, and on the
+    training set unless cfg skips it until the end, appended to hist and logged; Diverged if not
+    finite."""
     XT, y, Xv, yv = data
     va = evaluate(Xv, yv, params, cfg.lam)
     skip = not cfg.eval_train and t != 2 * cfg.n_s * cfg.n_cycles
@@ -637,9 +591,9 @@ def record(hist: dict, t: int, params: dict, data: tuple, cfg: Config, log=print
     for q in ("cost", "loss", "acc"):
         hist[f"train_{q}"].append(None if skip else tr[q])
         hist[f"val_{q}"].append(va[q])
-    log(f"{name}step {t:5d}/{2 * cfg.n_s * cfg.n_cycles}: train cost {tr['cost']:.4f}, loss "
-        f"{tr['loss']:.4f}, acc {tr['acc']:.4f} | val cost {va['cost']:.4f}, loss {va['loss']:.4f}, "
-        f"acc {va['acc']:.4f}")
+    log(f"{name}step {t:5d}/{2 * cfg.n_s * cfg.n_cycles}: train cost {tr['cost']:.4f}, "
+        f"loss {tr['loss']:.4f}, acc {tr['acc']:.4f} | val cost {va['cost']:.4f}, "
+        f"loss {va['loss']:.4f}, acc {va['acc']:.4f}")
     if not math.isfinite(va["cost"]) or not (skip or math.isfinite(tr["cost"])):
         raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}", hist)
 
@@ -669,15 +623,18 @@ def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator,
     return params, train(params, train_set, val_set, cfg, rng, log, name, progress, basis)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Experiments: the spec's runs and the coarse-to-fine search for lam (Exercises 2-4)
+# --------------------------------------------------------------------------------------------------
+# Experiments: the spec's runs and the coarse-to-fine search for lam (Exercise 4)
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes and settings of every experiment in main(); quick_plan() shrinks them for smoke tests."""
+    """Sizes and settings of every experiment in main(); quick_plan() shrinks them for smoke
+    tests."""
     fig3: Config = Config()  # Exercise 3: one cycle, n_s = 500, lam = 0.01
-    fig4: Config = Config(n_s=800, n_cycles=3, evals_per_cycle=9)  # Exercise 4: three cycles, n_s = 800
-    overfit: Config = Config(lam=0.0, eta_min=0.05, eta_max=0.05, n_s=1000, n_batch=10)  # 200 epochs of 100 images
+    # Exercise 4: three cycles, n_s = 800
+    fig4: Config = Config(n_s=800, n_cycles=3, evals_per_cycle=9)
+    # 200 epochs of 100 images
+    overfit: Config = Config(lam=0.0, eta_min=0.05, eta_max=0.05, n_s=1000, n_batch=10)
     overfit_n: int = 100  # training images for the overfitting sanity check
     limit: int | None = None  # use at most this many training images per stage (quick mode)
     n_val_search: int = 5000  # validation images held out of the five batches during the search
@@ -690,8 +647,8 @@ class Plan:
     fine_cycles: int = 3
     final_cycles: int = 3
     n_seeds: int = 3  # seeds behind the mean and spread of the `seeds` step
-    gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))  # (d, n, m, lam)
-    quick: bool = False  # the smoke-test sizes of quick_plan() (Exercise 5 keeps its own in bonus.py)
+    gradcheck: tuple = ((5, 3, 6, 0.0), (5, 3, 6, 0.1), (100, 20, 30, 0.0), (100, 20, 30, 0.05))
+    quick: bool = False  # quick_plan()'s smoke-test sizes (Exercise 5 keeps its own in bonus.py)
 
 
 def quick_plan() -> Plan:
@@ -699,33 +656,21 @@ def quick_plan() -> Plan:
     small = dict(n_s=20, evals_per_cycle=4)
     return Plan(fig3=Config(**small), fig4=Config(**small, n_cycles=2),
                 overfit=replace(Plan.overfit, n_s=100), overfit_n=20, limit=2000, n_val_search=500,
-                n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1, final_cycles=1, n_seeds=2,
-                gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)), quick=True)
+                n_val_final=200, ns_epochs=1, coarse_n=3, coarse_cycles=1, fine_n=2, fine_cycles=1,
+                final_cycles=1, n_seeds=2, gradcheck=((5, 3, 6, 0.0), (5, 3, 6, 0.1)), quick=True)
 
 
 def stage_rng(seed: int, stage: str, trial: int = 0) -> np.random.Generator:
-    """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it skipped."""
+    """An independent stream per (seed, stage, trial): a resumed search redraws exactly what it
+    skipped."""
     stages = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "fine_lams",
-              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best", "bonus_pca", "bonus_select", "bonus_long",
-              "bonus_long_seed")
+              "bonus_range", "bonus_lam", "bonus_ablation", "bonus_best", "bonus_pca",
+              "bonus_select", "bonus_long", "bonus_long_seed")  # append only: indices are seeds
     return np.random.default_rng([seed, stages.index(stage), trial])
 
 
 def search_ns(plan: Plan, n_train: int, n_batch: int) -> int:
     return plan.ns_epochs * (n_train // n_batch)
-
-
-# Caches know what made them: a trial is reused only for the same settings, seed, data and code.
-NOT_NUMBERS = ("plot_*", "format_*", "_pyplot", "save_figure", "pct", "report", "parse_args", "main",
-               "check_args", "check_sizes", "*_problem", "save_run", "run_steps", "code_fingerprint",
-               "data_fingerprint", "NOT_NUMBERS")
-
-
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """A hash of the code that makes the numbers: this file as code (comments, docstrings and layout do not
-    count), without the plots, the report and the command line (NOT_NUMBERS)."""
-    return source_fingerprint(Path(__file__), exclude=NOT_NUMBERS)
 
 
 def config_problem(cfg) -> str | None:
@@ -752,10 +697,11 @@ class Stage:
 
 def run_trials(stage: Stage, splits: tuple, seed: int, path: Path, log=print,
                basis: np.ndarray | None = None) -> list[dict]:
-    """Train one fresh network per config of the stage on splits (train, val, test) and append each
-    finished trial to path (JSON lines) at once. A trial already in path with the same key (settings,
-    seed, index, sizes, data and code) is reused, not rerun, so an interrupted run resumes where it
-    stopped. basis: the principal directions of the training split for configs with pca (train())."""
+    """Train one fresh network per config of the stage on splits (train, val, test) and append
+    each finished trial to path (JSON lines) at once. A trial already in path with the same key
+    (settings, seed, index, sizes, data and code) is reused, not rerun, so an interrupted run
+    resumes where it stopped. basis: the principal directions of the training split for configs
+    with pca (train())."""
     tr, va, te = splits
     cache = TrialFile(path, config_problem, log)
     data = (tr.X, tr.y, va.X, va.y) + ((te.X, te.y) if stage.test else ())
@@ -768,7 +714,8 @@ def run_trials(stage: Stage, splits: tuple, seed: int, path: Path, log=print,
         if (trial := cache.get(key, tag)) is None:
             ckpt = (path.with_name(f"{path.stem}.{stage.name}.{i}.progress.npz"),
                     json.dumps(key, sort_keys=True))
-            trial = run_trial(stage, i, label, cfg, splits, seed, ckpt, log, tag, basis) | {"key": key}
+            trial = run_trial(stage, i, label, cfg, splits, seed, ckpt, log, tag, basis)
+            trial["key"] = key
             cache.add(trial)
             ckpt[0].unlink(missing_ok=True)  # the trial is in path now
         trials.append(trial)
@@ -792,7 +739,8 @@ def run_trial(stage: Stage, i: int, label: str, cfg: Config, splits: tuple, seed
             trial["val_acc_mirror"] = evaluate(va.X, va.y, params, cfg.lam, mirror=True)["acc"]
             if stage.test:
                 trial["test_acc_mirror"] = evaluate(te.X, te.y, params, cfg.lam, mirror=True)["acc"]
-        if stage.save_dir is not None:  # named by all that made it: no run's weights are overwritten
+        # named by all that made it: no run's weights are overwritten
+        if stage.save_dir is not None:
             name = f"{stage.name}_{i}.seed{seed}.n{tr.n}.{cfg.dtype}.npz"
             with atomic_path(Path(stage.save_dir) / name) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **params)
@@ -810,7 +758,8 @@ def run_trial(stage: Stage, i: int, label: str, cfg: Config, splits: tuple, seed
 
 def search(stage: str, lams, base: Config, train_set: Split, val_set: Split, seed: int, path: Path,
            log=print) -> list[dict]:
-    """One trial per lam with the other settings of base (the coarse and fine searches of Exercise 4)."""
+    """One trial per lam with the other settings of base (the coarse and fine searches of
+    Exercise 4)."""
     trials = tuple((f"lam={lam:.3e}", replace(base, lam=float(lam))) for lam in lams)
     return run_trials(Stage(stage, trials), (train_set, val_set, None), seed, path, log)
 
@@ -831,7 +780,7 @@ def fine_range(coarse: list[dict], plan: Plan) -> tuple[float, float]:
     return max(plan.coarse_l[0], l - step), min(plan.coarse_l[1], l + step)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Plots and outputs
 
 def _pyplot():
@@ -853,9 +802,11 @@ def plot_curves(hist: dict, path: Path, title: str) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
     for ax, q in zip(axes, ("cost", "loss", "acc")):
-        ax.plot(hist["step"], np.array(hist[f"train_{q}"], float), "o-", ms=3, label="training")  # None: not measured
+        # None: not measured
+        ax.plot(hist["step"], np.array(hist[f"train_{q}"], float), "o-", ms=3, label="training")
         ax.plot(hist["step"], hist[f"val_{q}"], "o-", ms=3, label="validation")
-        ax.set(xlabel="update step", ylabel={"acc": "accuracy"}.get(q, q), title=q if q != "acc" else "accuracy")
+        label = {"acc": "accuracy"}.get(q, q)
+        ax.set(xlabel="update step", ylabel=label, title=label)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -882,7 +833,8 @@ def plot_search(trials: list[dict], path: Path, title: str) -> None:
     ok = sorted((t for t in trials if not t["diverged"]), key=lambda t: t["lam"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.semilogx([t["lam"] for t in ok], [t["val_acc"] for t in ok], "o", label="final")
-    ax.semilogx([t["lam"] for t in ok], [t["best_val_acc"] for t in ok], "x", label="best during training")
+    ax.semilogx([t["lam"] for t in ok], [t["best_val_acc"] for t in ok], "x",
+                label="best during training")
     ax.set(xlabel="lambda", ylabel="validation accuracy", title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -890,104 +842,24 @@ def plot_search(trials: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
-    """Smith's learning-rate range test: validation accuracy while eta rises linearly."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(hist["eta"], hist["val_acc"], "o-", ms=3)
-    ax.axvline(eta_best, color="gray", ls="--", label=f"chosen eta_max = {eta_best:.3g}")
-    ax.set(xlabel="learning rate eta", ylabel="validation accuracy", title="learning-rate range test")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
-    """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
-    plt = _pyplot()
-    n = XT.shape[0]
-    windows = augment_source(XT.astype(np.float32), True, shift)
-    full = lambda v: np.full(n, v)
-    rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
-            (f"left {shift}, down {shift}", 0, -shift, shift), (f"mirrored, up {shift}", 1, 0, -shift)]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
-    for r, (label, f, tx, ty) in enumerate(rows):
-        batch = augmented_batch(windows, np.arange(n), full(f), full(shift - ty), full(shift - tx))  # (n, D)
-        for c in range(n):
-            axes[r, c].imshow(batch[c].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.uint8))
-            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(label, fontsize=8)
-    fig.suptitle("augmentation: edge pixels fill the uncovered border")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def pct(acc: float | None) -> str:
-    """An accuracy for people; None marks a diverged run."""
-    return "diverged" if acc is None else f"{100 * acc:.2f}%"
-
-
-def format_results(res: dict, timings: dict) -> str:
-    """results.txt: the numbers of results.json for people."""
-    out = [f"DD2424 Assignment 2 results (seed {res.get('seed')}{', QUICK smoke-test sizes' if res.get('quick') else ''})",
-           ""]
-    if "gradcheck" in res:
-        out.append("Gradient check (float64; max element-wise relative error, analytic vs torch / vs finite diff.)")
-        for r in res["gradcheck"]["rows"]:
-            out.append(f"  d={r['d']:<4} n={r['n']:<3} m={r['m']:<3} lam={r['lam']:<5} {r['param']}: "
-                       f"{r['vs_torch']:.2e} / {r['vs_numerical']:.2e}")
-        out.append("")
-    if "overfit" in res:
-        o = res["overfit"]
-        out += [f"Overfit check: {o['n']} images, lam=0, {o['epochs']} epochs: final training loss {o['loss']:.4f}, "
-                f"accuracy {pct(o['acc'])}", ""]
-    for key, label in (("fig3", "Figure 3"), ("fig4", "Figure 4")):
-        if key in res:
-            r, c = res[key], res[key]["cfg"]
-            out += [f"{label} ({c['n_cycles']} cycle(s), n_s={c['n_s']}, lam={c['lam']}, {r['n_train']} training images): "
-                    f"test accuracy {pct(r['test_acc'])}, final val accuracy "
-                    f"{pct(r['history']['val_acc'][-1])}", ""]
-    for key in ("coarse", "fine"):
-        if key in res:
-            r = res[key]
-            out.append(f"{key.capitalize()} search: log10(lam) in [{r['l_range'][0]:.3f}, {r['l_range'][1]:.3f}], "
-                       f"{r['n_cycles']} cycles, n_s={r['n_s']}, {r['n_train']} train / {r['n_val']} val images")
-            for t in sorted(r["trials"], key=lambda t: t["lam"]):
-                star = " *" if t in r["top3"] else ""
-                out.append(f"  lam={t['lam']:.4e}  val acc {pct(t['val_acc'])}  (best {pct(t['best_val_acc'])}){star}")
-            out.append("  * the 3 best by final validation accuracy")
-            out.append("")
-    if "final" in res:
-        r = res["final"]
-        out += [f"Final run: lam={r['lam']:.4e}, {r['n_train']} train / {r['n_val']} val images, "
-                f"{r['cfg']['n_cycles']} cycles, n_s={r['cfg']['n_s']}: test accuracy {pct(r['test_acc'])}", ""]
-    for key, r in res.get("seeds", {}).items():
-        out.append(f"Over seeds {r['seeds']}, {key}: test accuracy {100 * r['mean']:.2f}% +- {100 * r['std']:.2f} "
-                   f"({', '.join(pct(a) for a in r['test_acc'])})")
-    if "seeds" in res:
-        out.append("")
-    if timings:
-        out.append("Time per part (seconds, this machine)")
-        out += [f"  {k:<10} {v:8.1f}" for k, v in timings.items()]
-    return "\n".join(out) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The program: each step of the assignment as one function of a shared context, run in order by main()
+# --------------------------------------------------------------------------------------------------
+# The steps of Exercises 1-4, each a function of one shared context
 
 @dataclass
 class Context:
-    """What every step needs: where data and outputs live, the plan, the seed, and the results so far."""
+    """What every step needs: where data and outputs live, the plan, the seed, and the results so
+    far."""
     data_dir: Path
     out_dir: Path
     plan: Plan
     seed: int
     dtype: str
     results: dict  # what this run computed
-    stored: dict = field(default_factory=dict)  # results.json of an earlier run of the same identity()
+    # results.json of an earlier run of the same identity()
+    stored: dict = field(default_factory=dict)
     log: object = print
-    cache: dict = field(default_factory=dict)  # batch files and normalised splits, each loaded once per run
+    # batch files and normalised splits, each loaded once per run
+    cache: dict = field(default_factory=dict)
 
     def raw(self, names) -> Split:
         for name in names:
@@ -996,14 +868,15 @@ class Context:
         return concat([self.cache[name] for name in names])
 
     def data(self, which: str) -> list[Split]:
-        """Normalised (train, val, test): 'batch12' is batch 1 / batch 2; 'search' and 'final' hold out the last
-        n_val_search / n_val_final images of all five batches."""
+        """Normalised (train, val, test): 'batch12' is batch 1 / batch 2; 'search' and 'final'
+        hold out the last n_val_search / n_val_final images of all five batches."""
         key = ("splits", which)
         if key not in self.cache:
             head = lambda s, k: s if k is None else Split(s.X[:, :k], s.y[:k])
             lim = self.plan.limit
             if which == "batch12":
-                tr, va = head(self.raw(["data_batch_1"]), lim), head(self.raw(["data_batch_2"]), lim)
+                tr = head(self.raw(["data_batch_1"]), lim)
+                va = head(self.raw(["data_batch_2"]), lim)
             else:
                 n_val = self.plan.n_val_search if which == "search" else self.plan.n_val_final
                 tr, va = split_last(head(self.raw(CIFAR_FILES[:5]), lim and lim + n_val), n_val)
@@ -1015,12 +888,13 @@ class Context:
         key = ("basis", which, k)
         if key not in self.cache:
             tr = self.data(which)[0]
-            self.cache[key] = pca_basis(np.ascontiguousarray(tr.X.T, self.dtype), k)  # as train() would make it
+            # as train() would make it
+            self.cache[key] = pca_basis(np.ascontiguousarray(tr.X.T, self.dtype), k)
         return self.cache[key]
 
     def need(self, step: str) -> dict:
-        """The result of a step this one depends on: from this run, else from results.json if the same code made
-        it and it can be believed, else computed now."""
+        """The result of a step this one depends on: from this run, else from results.json if the
+        same code made it and it can be believed, else computed now."""
         if step not in self.results:
             self.results[step] = self.stored_result(step) or STEPS[step](self)
         return self.results[step]
@@ -1032,12 +906,15 @@ class Context:
             self.log(f"results.json: {step} was made by other code; computing it again")
             return None
         if problem := step_problem(self.stored[step], config_problem):
-            self.log(f"warning: results.json: {step} cannot be believed ({problem}); computing it again")
+            self.log(f"warning: results.json: {step} cannot be believed ({problem}); "
+                     f"computing it again")
             return None
         return self.stored[step]
 
-    def train_and_test(self, which: str, cfg: Config, rng: np.random.Generator, name: str, log=None):
-        """Train a fresh network on the splits `which` and evaluate the test set once: (history, test accuracy)."""
+    def train_and_test(self, which: str, cfg: Config, rng: np.random.Generator, name: str,
+                       log=None) -> tuple:
+        """Train a fresh network on the splits `which` and evaluate the test set once: (history,
+        test accuracy)."""
         tr, va, te = self.data(which)
         params, hist = run(tr, va, cfg, rng, log=log or self.log, name=f"{name} ")
         test_acc = evaluate(te.X, te.y, params, cfg.lam)["acc"]
@@ -1050,27 +927,32 @@ class Context:
 
 
 def step_gradcheck(ctx: Context) -> dict:
-    """Exercise 2: analytic gradients against torch and finite differences on CIFAR pixels, float64."""
+    """Exercise 2: analytic gradients against torch and finite differences on CIFAR pixels,
+    float64."""
     tr = ctx.data("batch12")[0]
     rows = gradcheck(stage_rng(ctx.seed, "gradcheck"), tr.X, tr.y, ctx.plan.gradcheck)
     for r in rows:
         ctx.log(f"gradcheck d={r['d']} n={r['n']} m={r['m']} lam={r['lam']} {r['param']}: "
-                f"rel error vs torch {r['vs_torch']:.2e}, vs finite differences {r['vs_numerical']:.2e}")
+                f"rel error vs torch {r['vs_torch']:.2e}, vs finite differences "
+                f"{r['vs_numerical']:.2e}")
     return {"rows": rows, "max_vs_torch": max(r["vs_torch"] for r in rows),
             "max_vs_numerical": max(r["vs_numerical"] for r in rows)}
 
 
 def step_overfit(ctx: Context) -> dict:
-    """Exercise 2's sanity check: lam = 0 on a handful of images should drive the training loss towards zero."""
+    """Exercise 2's sanity check: lam = 0 on a handful of images should drive the training loss
+    towards zero."""
     tr = ctx.data("batch12")[0]
     n = ctx.plan.overfit_n
     small = Split(tr.X[:, :n], tr.y[:n])
     cfg = replace(ctx.plan.overfit, dtype=ctx.dtype)
     _, hist = run(small, small, cfg, stage_rng(ctx.seed, "overfit"), log=lambda s: None)
     epochs = 2 * cfg.n_s * cfg.n_cycles * cfg.n_batch / n
-    ctx.log(f"overfit: {n} images, {epochs:.0f} epochs, lam=0: training loss {hist['train_loss'][0]:.3f} -> "
+    ctx.log(f"overfit: {n} images, {epochs:.0f} epochs, lam=0: training loss "
+            f"{hist['train_loss'][0]:.3f} -> "
             f"{hist['train_loss'][-1]:.4f}, accuracy {hist['train_acc'][-1]:.3f}")
-    return {"n": n, "epochs": epochs, "cfg": asdict(cfg), "loss": hist["train_loss"][-1], "acc": hist["train_acc"][-1],
+    return {"n": n, "epochs": epochs, "cfg": asdict(cfg), "loss": hist["train_loss"][-1],
+            "acc": hist["train_acc"][-1],
             "history": hist}
 
 
@@ -1080,33 +962,42 @@ def _figure_step(ctx: Context, key: str, cfg: Config, title: str) -> dict:
     hist, test_acc = ctx.train_and_test("batch12", cfg, stage_rng(ctx.seed, key), key)
     plot_curves(hist, ctx.figure(f"{key}.png"), f"{title}: test accuracy {100 * test_acc:.2f}%")
     plot_schedule(cfg, ctx.figure(f"{key}_schedule.png"))
-    return {"cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
+    return {"cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc,
+            "history": hist}
 
 
 def step_fig3(ctx: Context) -> dict:
     """Exercise 3: one cycle, n_s = 500, batch 1 for training, batch 2 for validation."""
-    return _figure_step(ctx, "fig3", ctx.plan.fig3, f"Figure 3 replica (lam={ctx.plan.fig3.lam}, n_s={ctx.plan.fig3.n_s})")
+    c = ctx.plan.fig3
+    return _figure_step(ctx, "fig3", c, f"Figure 3 replica (lam={c.lam}, n_s={c.n_s})")
 
 
 def step_fig4(ctx: Context) -> dict:
     """Exercise 4: three cycles, n_s = 800."""
     c = ctx.plan.fig4
-    return _figure_step(ctx, "fig4", c, f"Figure 4 replica (lam={c.lam}, n_s={c.n_s}, {c.n_cycles} cycles)")
+    return _figure_step(ctx, "fig4", c,
+                        f"Figure 4 replica (lam={c.lam}, n_s={c.n_s}, {c.n_cycles} cycles)")
 
 
 def _search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict:
     tr, va, _ = ctx.data("search")
-    base = Config(n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=n_cycles, eval_train=False,
+    base = Config(n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=n_cycles,
+                  eval_train=False,
                   dtype=ctx.dtype)
-    trials = search(stage, lams, base, tr, va, ctx.seed, ctx.out_dir / f"search_{stage}.jsonl", ctx.log)
-    trials = [{k: v for k, v in t.items() if k not in ("key", "seconds")} for t in trials]  # reproducible fields
+    path = ctx.out_dir / f"search_{stage}.jsonl"
+    trials = search(stage, lams, base, tr, va, ctx.seed, path, ctx.log)
+    # reproducible fields
+    trials = [{k: v for k, v in t.items() if k not in ("key", "seconds")} for t in trials]
     top3 = top_trials(trials)
     for t in top3:
         ctx.log(f"{stage} top: lam={t['lam']:.4e} val acc {t['val_acc']:.4f}")
-    if top3 and min(abs(math.log10(top3[0]["lam"]) - l) for l in l_range) < 0.1 * (l_range[1] - l_range[0]):
+    width = l_range[1] - l_range[0]
+    if top3 and min(abs(math.log10(top3[0]["lam"]) - l) for l in l_range) < 0.1 * width:
         ctx.log(f"{stage}: note, the best lam lies at the edge of the searched range {l_range}")
-    plot_search(trials, ctx.figure(f"{stage}.png"), f"{stage} search: {n_cycles} cycles, n_s={base.n_s}")
-    return {"l_range": list(l_range), "n_cycles": n_cycles, "n_s": base.n_s, "n_train": tr.n, "n_val": va.n,
+    plot_search(trials, ctx.figure(f"{stage}.png"),
+                f"{stage} search: {n_cycles} cycles, n_s={base.n_s}")
+    return {"l_range": list(l_range), "n_cycles": n_cycles, "n_s": base.n_s, "n_train": tr.n,
+            "n_val": va.n,
             "trials": trials, "top3": top3}
 
 
@@ -1125,35 +1016,157 @@ def step_fine(ctx: Context) -> dict:
 
 
 def step_final(ctx: Context) -> dict:
-    """Train with the best lam of the fine search (by validation accuracy) on all but n_val_final images; the test
-    set is evaluated here, once."""
+    """Train with the best lam of the fine search (by validation accuracy) on all but n_val_final
+    images; the test set is evaluated here, once."""
     best = top_trials(ctx.need("fine")["trials"], 1)
     if not best:
         raise Diverged("every fine-search trial diverged; no lam to train with")
     tr, va, _ = ctx.data("final")
-    cfg = Config(lam=best[0]["lam"], n_s=search_ns(ctx.plan, tr.n, Config.n_batch), n_cycles=ctx.plan.final_cycles,
+    cfg = Config(lam=best[0]["lam"], n_s=search_ns(ctx.plan, tr.n, Config.n_batch),
+                 n_cycles=ctx.plan.final_cycles,
                  dtype=ctx.dtype)
     hist, test_acc = ctx.train_and_test("final", cfg, stage_rng(ctx.seed, "final"), "final")
     plot_curves(hist, ctx.figure("final.png"),
-                f"Final run (lam={cfg.lam:.2e}, {tr.n} training images): test accuracy {100 * test_acc:.2f}%")
-    return {"lam": cfg.lam, "cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc, "history": hist}
+                f"Final run (lam={cfg.lam:.2e}, {tr.n} training images): test accuracy "
+                f"{100 * test_acc:.2f}%")
+    return {"lam": cfg.lam, "cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n,
+            "test_acc": test_acc, "history": hist}
 
 
 def step_seeds(ctx: Context) -> dict:
-    """Mean and spread of the test accuracies of Figures 3 and 4 and the final run over plan.n_seeds seeds: the run's
-    own seed and the next ones, same settings (the final run keeps the lam its search chose)."""
+    """Mean and spread of the test accuracies of Figures 3 and 4 and the final run over
+    plan.n_seeds seeds: the run's own seed and the next ones, same settings (the final run keeps
+    the lam its search chose)."""
     out = {}
     for key, which in (("fig3", "batch12"), ("fig4", "batch12"), ("final", "final")):
         base = ctx.need(key)
         cfg = Config(**base["cfg"])
         seeds, accs = [ctx.seed], [base["test_acc"]]
         for s in range(ctx.seed + 1, ctx.seed + ctx.plan.n_seeds):
-            accs.append(ctx.train_and_test(which, cfg, stage_rng(s, key), f"{key} seed {s}", log=lambda m: None)[1])
+            accs.append(ctx.train_and_test(which, cfg, stage_rng(s, key), f"{key} seed {s}",
+                                           log=lambda m: None)[1])
             seeds.append(s)
-        out[key] = {"seeds": seeds, "test_acc": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs, ddof=1))}
-        ctx.log(f"seeds {key}: test accuracy {100 * out[key]['mean']:.2f} +- {100 * out[key]['std']:.2f}% "
+        out[key] = {"seeds": seeds, "test_acc": accs, "mean": float(np.mean(accs)),
+                    "std": float(np.std(accs, ddof=1))}
+        ctx.log(f"seeds {key}: test accuracy {100 * out[key]['mean']:.2f} +- "
+                f"{100 * out[key]['std']:.2f}% "
                 f"over seeds {seeds}")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Exercise 5: augmentation, dropout, W1 in a principal subspace, momentum and Adam; the experiment
+# is in bonus.py
+
+def mirror_images(X: np.ndarray) -> np.ndarray:
+    """Every image (column) of X (D, n) mirrored left-right."""
+    return X.reshape(3, 32, 32, -1)[:, :, ::-1].reshape(D, -1)  # (D, n)
+
+
+def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
+    """The training images laid out once for augmentation (Exercise 5): every (3, 32, 32) image
+    padded by `shift` pixels on each side by repeating its edge pixels, with flip stacked with
+    its mirror image, and viewed as all its (32, 32) crops: (1 or 2, n, 3, 2 shift + 1, 2 shift +
+    1, 32, 32), a view of (1 or 2) x (1 + shift/16)^2 times the memory of XT. Storing the mirror
+    images makes a batch one gather, at half the cost of flipping after it."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    n, s = XT.shape[0], shift
+    X = XT.reshape(n, 3, 32, 32)
+    # filled by hand: np.pad is twice as slow
+    out = np.empty((1 + flip, n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)
+    p = out[0]
+    p[:, :, s:s + 32, s:s + 32] = X
+    p[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
+    p[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
+    p[:, :, :, :s] = p[:, :, :, s:s + 1]  # then the columns, corners included
+    p[:, :, :, s + 32:] = p[:, :, :, s + 31:s + 32]
+    if flip:
+        out[1] = p[..., ::-1]
+    return sliding_window_view(out, (32, 32), axis=(3, 4))
+
+
+def augmented_batch(windows: np.ndarray, idx: np.ndarray, f: np.ndarray, oy: np.ndarray,
+                    ox: np.ndarray) -> np.ndarray:
+    """Images idx, image i mirrored if f[i] = 1 and then moved down by shift - oy[i] and right by
+    shift - ox[i] pixels: (B, D). windows is augment_source(...); one gather for the batch, no
+    per-image loop."""
+    return windows[f, idx, :, oy, ox].reshape(idx.size, D)  # (B, 3, 32, 32) -> (B, D)
+
+
+def dropout_mask(cfg: Config, B: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Inverted dropout: every hidden unit of every image kept with probability 1 - p_drop and
+    scaled by 1 / (1 - p_drop), so that evaluation needs no mask: (m, B), or None without
+    dropout."""
+    if not cfg.p_drop:
+        return None
+    dtype, keep = np.dtype(cfg.dtype), 1 - cfg.p_drop
+    return (rng.random((cfg.m, B), dtype) < keep) / dtype.type(keep)
+
+
+def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
+    """The k directions of largest variance of the zero-mean training images XT (n, d), as
+    orthonormal columns, the largest first: (d, k). Exercise 5 trains wide networks with W1 = V
+    U^T, V (m, k): a two-layer network whose first layer sees only these directions, at about k/d
+    of the first layer's cost."""
+    # (d, d) covariance; normalise() made every pixel zero-mean
+    C = (XT.T @ XT).astype(np.float64) / XT.shape[0]
+    _, U = np.linalg.eigh(C)  # eigenvalues ascending
+    return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
+
+
+def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
+    """The fraction of the training images' pixel variance that lies in the directions basis (d,
+    k) of pca_basis()."""
+    Z = XT @ basis  # (n, k)
+    return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
+
+
+def subspace(XT: np.ndarray, cfg: Config, basis: np.ndarray | None = None) -> np.ndarray | None:
+    """The principal directions W1 is trained in (d, k), or None when cfg.pca is 0: basis if given
+    (checked against the data), else pca_basis of the training images XT (n, d)."""
+    if not cfg.pca:
+        return None
+    if cfg.pca > XT.shape[1]:
+        raise ConfigError(f"pca={cfg.pca} exceeds the input dimension {XT.shape[1]}")
+    if basis is None:
+        return pca_basis(XT, cfg.pca)  # (d, k)
+    if basis.shape != (XT.shape[1], cfg.pca):
+        raise ConfigError(f"a basis of shape {basis.shape} does not fit pca={cfg.pca} on "
+                          f"{XT.shape[1]} inputs")
+    return basis
+
+
+def optimizer_state(params: dict, cfg: Config) -> dict:
+    """What the optimiser carries between steps: nothing (SGD), a velocity (Nesterov), two
+    moments (Adam)."""
+    zeros = lambda: {k: np.zeros_like(v) for k, v in params.items()}
+    make = {"sgd": dict, "nesterov": zeros, "adam": lambda: {"m": zeros(), "v": zeros()}}
+    return make[cfg.optimizer]()
+
+
+def update_momentum(params: dict, grads: dict, state: dict, eta: float, t: int,
+                    cfg: Config) -> None:
+    """Exercise 5's optimisers, in place: SGD with Nesterov momentum (as torch.optim.SGD with
+    nesterov=True: v <- mu v + g, step along g + mu v) and Adam (Kingma and Ba, 2015) with
+    bias-corrected moments; both on the gradient of the whole cost, eq. 12."""
+    for k, g in grads.items():
+        if cfg.lam and k.startswith("W"):
+            g += (2 * cfg.lam) * params[k]  # eq. 12
+        if cfg.optimizer == "nesterov":
+            v = state[k]
+            v *= cfg.momentum
+            v += g
+            g += cfg.momentum * v
+            g *= eta
+            params[k] -= g
+        else:
+            m, v = state["m"][k], state["v"][k]
+            m *= cfg.beta1
+            m += (1 - cfg.beta1) * g
+            v *= cfg.beta2
+            v += (1 - cfg.beta2) * g * g
+            m_hat, v_hat = m / (1 - cfg.beta1 ** (t + 1)), v / (1 - cfg.beta2 ** (t + 1))
+            params[k] -= eta * m_hat / (np.sqrt(v_hat) + cfg.eps)
 
 
 def step_bonus(ctx: Context) -> dict:
@@ -1162,48 +1175,58 @@ def step_bonus(ctx: Context) -> dict:
     return bonus.run(ctx)
 
 
+# --------------------------------------------------------------------------------------------------
+# main(): the command line
+
 STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit, "fig3": step_fig3, "fig4": step_fig4,
          "coarse": step_coarse, "fine": step_fine, "final": step_final}
-EXTRA_STEPS = {"seeds": step_seeds, "bonus": step_bonus}  # not in the default run: python assignment2.py seeds
+# not in the default run: python assignment2.py seeds
+EXTRA_STEPS = {"seeds": step_seeds, "bonus": step_bonus}
+
+
+HELP = """steps:
+  gradcheck  analytic gradients vs torch autograd and finite differences (float64)
+  overfit    sanity check: 100 images, lam=0, 200 epochs, training loss near zero
+  fig3       Exercise 3: 1 cycle, n_s=500, lam=0.01 on batch 1 (validation: batch 2)
+  fig4       Exercise 4: 3 cycles, n_s=800
+  coarse     lam on a log grid over [1e-5, 1e-1], 45,000/5,000 images, 2 cycles
+  fine       random lam around the best coarse value, 3 cycles (runs coarse first if needed)
+  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)
+  seeds      (not in 'all') Figures 3, 4 and the final run with 2 more seeds: mean and spread
+  bonus      (not in 'all') Exercise 5 as stated in bonus.py: range test, wide nets, dropout,
+             augmentation, Nesterov, Adam, then m=4000-8000 with W1 in the top 512 principal
+             directions for 48 epochs; about 2 hours; results_bonus.json, .txt, bonus.jsonl
+  report     (not in 'all') report/report.pdf and bonus.pdf, typeset by Typst from report/*.typ
+
+A run is its seed, sizes (--quick or not), dtype and data (a hash of the batch files). Its outputs
+go to --out-dir; by default to this folder for a full run, and to runs/<run>/ for a --quick run or
+when this folder holds another run. A folder holding another run is never written into: the
+program stops and says so, unless --replace moves that run's outputs to <out-dir>/replaced/ first.
+Search and Exercise 5 trials are appended to search_<stage>.jsonl and bonus.jsonl as they finish;
+a rerun skips those made with the same settings, data and code, and a long trial resumes from its
+last evaluation point. A single step reuses what it needs from results.json when the same code
+made it. One run at a time writes a folder."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="DD2424 Assignment 2: a two-layer network on CIFAR-10 trained with cyclical learning rates. "
-                    "Without a step, runs every step in order and writes figures/, results.json and results.txt.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="steps:\n"
-               "  gradcheck  analytic gradients vs torch autograd and finite differences (float64)\n"
-               "  overfit    sanity check: 100 images, lam=0, 200 epochs, training loss near zero\n"
-               "  fig3       Exercise 3: 1 cycle, n_s=500, lam=0.01 on batch 1 (validation: batch 2)\n"
-               "  fig4       Exercise 4: 3 cycles, n_s=800\n"
-               "  coarse     lam on a log grid over [1e-5, 1e-1], 45,000/5,000 images, 2 cycles\n"
-               "  fine       random lam around the best coarse value, 3 cycles (runs coarse first if needed)\n"
-               "  final      best lam, 49,000/1,000 images, 3 cycles, test accuracy (runs the searches if needed)\n"
-               "  seeds      (not in 'all') Figures 3, 4 and the final run again with 2 more seeds: mean and spread\n"
-               "  bonus      (not in 'all') Exercise 5: range test, wide nets, dropout, augmentation, Nesterov, Adam;\n"
-               "             then m=4000-8000 with W1 in the top 512 principal directions, 48-epoch runs;\n"
-               "             about 2 hours; writes results_bonus.json / .txt and bonus.jsonl (resumable)\n"
-               "  report     (not in 'all') report/report.pdf (and bonus.pdf) typeset by Typst from report/*.typ\n"
-               "\n"
-               "A run is its seed, sizes (--quick or not), dtype and data (a hash of the batch files). Its outputs go\n"
-               "to --out-dir; by default to this folder for a full run, and to runs/<run>/ for a --quick run or when\n"
-               "this folder holds another run. A folder holding another run is never written into: the program\n"
-               "stops and says so, unless --replace moves that run's outputs to <out-dir>/replaced/ first.\n"
-               "Search and Exercise 5 trials are appended to search_<stage>.jsonl and bonus.jsonl as they finish; a\n"
-               "rerun skips those made with the same settings, data and code. A single step reuses what it needs\n"
-               "from results.json when the same code made it. One run at a time writes a folder.")
-    p.add_argument("step", nargs="?", default="all", choices=["all", *STEPS, *EXTRA_STEPS, "report"],
-                   help="run one step alone (default: all)")
-    p.add_argument("--data-dir", help="folder of the CIFAR-10 python batches (default: $CIFAR10_DIR, else "
-                                      "data/cifar-10-batches-py, downloaded there if missing)")
-    p.add_argument("--out-dir", help="where figures/ and the results go (default: this folder for a full run, "
-                                     "runs/<run>/ for --quick or when this folder holds another run)")
-    p.add_argument("--seed", type=int, default=0, help="one seed reproduces every result (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in seconds, for smoke tests")
+        description="DD2424 Assignment 2: a two-layer network on CIFAR-10 trained with cyclical "
+                    "learning rates. Without a step, runs every step in order and writes figures/, "
+                    "results.json and results.txt.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP)
+    p.add_argument("step", nargs="?", default="all", help="run one step alone (default: all)",
+                   choices=["all", *STEPS, *EXTRA_STEPS, "report"])
+    p.add_argument("--data-dir", help="folder of the CIFAR-10 python batches (default: "
+                   "$CIFAR10_DIR, else data/cifar-10-batches-py, downloaded there if missing)")
+    p.add_argument("--out-dir", help="where figures/ and the results go (default: this folder for "
+                   "a full run, runs/<run>/ for --quick or when this folder holds another run)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="one seed reproduces every result (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes: the whole pipeline in seconds, for smoke tests")
     p.add_argument("--float64", action="store_true", help="train in float64 instead of float32")
-    p.add_argument("--replace", action="store_true", help="if --out-dir holds another run, move its outputs to "
-                                                          "<out-dir>/replaced/ and start afresh")
+    p.add_argument("--replace", action="store_true", help="if --out-dir holds another run, move "
+                   "its outputs to <out-dir>/replaced/ and start afresh")
     return p.parse_args(argv)
 
 
@@ -1224,20 +1247,23 @@ def check_sizes(plan: Plan, batches: dict) -> None:
     n_five = sum(batches[f].n for f in CIFAR_FILES[:5])
     n_val = max(plan.n_val_search, plan.n_val_final)
     if n_first < max(plan.overfit_n, Config.n_batch) or n_five < n_val + Config.n_batch:
-        raise ConfigError(f"too few images for these sizes: data_batch_1 and 2 hold {n_first} or more each, the "
-                          f"five training batches {n_five}; they need {max(plan.overfit_n, Config.n_batch)} each "
-                          f"and {n_val + Config.n_batch} together (try --quick, or the full CIFAR-10 batches)")
+        need = max(plan.overfit_n, Config.n_batch)
+        raise ConfigError(f"too few images for these sizes: data_batch_1 and 2 hold {n_first} or "
+                          f"more each, the five training batches {n_five}; they need {need} each "
+                          f"and {n_val + Config.n_batch} together (try --quick, or the full batches)")
 
 
 def save_run(out_dir: Path, results: dict, timings: dict) -> None:
     """results.json, timings.json and results.txt, each written whole."""
     write_atomic(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
     write_atomic(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
+    from report.build import format_results
     write_atomic(out_dir / "results.txt", format_results(results, timings))
 
 
 def run_steps(ctx: Context, steps: list[str], results: dict, timings: dict) -> float:
-    """Run steps in order, saving every result as soon as its step ends; returns the seconds they took."""
+    """Run steps in order, saving every result as soon as its step ends; returns the seconds they
+    took."""
     t_start = time.perf_counter()
     for step in steps:
         print(f"== {step}", flush=True)
@@ -1255,7 +1281,8 @@ def run_steps(ctx: Context, steps: list[str], results: dict, timings: dict) -> f
             results["code"][done] = code_fingerprint()
         timings[step] = round(seconds, 2)
         save_run(ctx.out_dir, results, timings)
-        print(f"== {step} took {seconds:.1f} s" + (" of training, its trials' times summed" if step == "bonus" else ""),
+        how = " of training, its trials' times summed" if step == "bonus" else ""
+        print(f"== {step} took {seconds:.1f} s{how}",
               flush=True)
     return time.perf_counter() - t_start
 

@@ -21,6 +21,7 @@ import numpy as np
 
 import assignment2 as a
 from assignment2 import Config
+from report.build import pct
 from runfiles import write_atomic
 
 
@@ -125,12 +126,12 @@ def run(ctx) -> dict:
     tr, va, _ = ctx.data("final")
     per_epoch, lam50 = tr.n // Config.n_batch, ctx.need("final")["lam"]
     n_s = a.search_ns(ctx.plan, tr.n, Config.n_batch)
-    a.plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), x.shift)
+    plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), x.shift)
 
     rt = only(stage(ctx, "bonus_range", range_test(x, lam50, per_epoch), history=True))
     # where validation accuracy peaks; a rate high enough to diverge ends the test early (nan after)
     eta_max = rt["history"]["eta"][int(np.nanargmax(np.array(rt["history"]["val_acc"], float)))]
-    a.plot_range_test(rt["history"], ctx.figure("bonus_range_test.png"), eta_max)
+    plot_range_test(rt["history"], ctx.figure("bonus_range_test.png"), eta_max)
     ctx.log(f"bonus: range test puts eta_max at {eta_max:.4g}")
     lams = stage(ctx, "bonus_lam", wide_lams(x, eta_max, n_s))
     lam_wide = a.top_trials(list(lams.values()), 1)[0]["lam"]
@@ -143,7 +144,7 @@ def run(ctx) -> dict:
                                           best_cfg}, test=True, verbose=True, history=True))
     if not best["diverged"]:
         a.plot_curves(best["history"], ctx.figure("bonus_best.png"),
-                      f"{best['name']}: test accuracy {a.pct(best['test_acc'])}")
+                      f"{best['name']}: test accuracy {pct(best['test_acc'])}")
 
     # Wider and longer for less: W1 trained in the top principal directions. First the ablation's
     # budget with only that changed; then lam and dropout for a wide net chosen on 5,000 validation
@@ -166,8 +167,8 @@ def run(ctx) -> dict:
         raise a.Diverged("every long run diverged")
     long = max(ok, key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))  # validation picks
     a.plot_curves(long["history"], ctx.figure("bonus_long.png"),
-                  f"{long['name']}: test accuracy {a.pct(long['test_acc'])}, "
-                  f"mirrored {a.pct(long['test_acc_mirror'])}")
+                  f"{long['name']}: test accuracy {pct(long['test_acc'])}, "
+                  f"mirrored {pct(long['test_acc_mirror'])}")
     again = [only(stage(ctx, "bonus_long_seed", {f"{long['name']}, seed {s}": Config(**long["cfg"])},
                         seed=s, test=True, mirror=True, verbose=True, basis=basis))
              for s in range(ctx.seed + 1, ctx.seed + x.seeds)]
@@ -199,6 +200,42 @@ def clean_all(trials: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Outputs
 
+def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
+    """Smith's learning-rate range test: validation accuracy while eta rises linearly."""
+    plt = a._pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(hist["eta"], hist["val_acc"], "o-", ms=3)
+    ax.axvline(eta_best, color="gray", ls="--", label=f"chosen eta_max = {eta_best:.3g}")
+    ax.set(xlabel="learning rate eta", ylabel="validation accuracy",
+           title="learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    a.save_figure(fig, path)
+
+
+def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
+    """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
+    plt = a._pyplot()
+    n = XT.shape[0]
+    windows = a.augment_source(XT.astype(np.float32), True, shift)
+    full = lambda v: np.full(n, v)
+    rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
+            (f"left {shift}, down {shift}", 0, -shift, shift),
+            (f"mirrored, up {shift}", 1, 0, -shift)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
+    for r, (label, f, tx, ty) in enumerate(rows):
+        batch = a.augmented_batch(windows, np.arange(n), full(f), full(shift - ty),
+                                  full(shift - tx))  # (n, D)
+        for c in range(n):
+            axes[r, c].imshow(batch[c].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.uint8))
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle("augmentation: edge pixels fill the uncovered border")
+    fig.tight_layout()
+    a.save_figure(fig, path)
+
+
 def final_test_acc(trial: dict) -> tuple:
     """The test accuracy of a final model with the evaluation that validation prefers: mirrored
     averaging only when it raised the validation accuracy (the test set plays no part)."""
@@ -209,7 +246,7 @@ def final_test_acc(trial: dict) -> tuple:
 
 def format_bonus(res: dict) -> str:
     """results_bonus.txt: the Exercise 5 numbers for people."""
-    pct, rt = a.pct, res["range_test"]
+    rt = res["range_test"]
     out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; selection "
            "on validation only; training times in seconds on this machine)", "",
            f"Range test: eta from {rt['cfg']['eta_min']:g} to {rt['cfg']['eta_max']:g}, validation "

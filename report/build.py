@@ -1,4 +1,4 @@
-"""Builds report/report.pdf (and report/bonus.pdf) from a results folder with Typst.
+"""Builds report/report.pdf (and report/bonus.pdf) from a results folder with Typst, and results.txt.
 
 The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json and the
 figures of the folder themselves (rows are found by name); this file only checks that those inputs
@@ -72,3 +72,56 @@ def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
     for name, pdf in pdfs.items():  # written only once every one of them compiled
         write_atomic(out_dir / "report" / f"{name}.pdf", pdf)
     return [out_dir / "report" / f"{name}.pdf" for name in pdfs]
+
+
+# --------------------------------------------------------------------------------------------------
+# results.txt: the numbers of results.json for people (written by the program after every step)
+
+def pct(acc: float | None) -> str:
+    """An accuracy for people; None marks a diverged run."""
+    return "diverged" if acc is None else f"{100 * acc:.2f}%"
+
+
+def format_results(res: dict, timings: dict) -> str:
+    """results.txt: the numbers of results.json for people."""
+    quick = ", QUICK smoke-test sizes" if res.get("quick") else ""
+    out = [f"DD2424 Assignment 2 results (seed {res.get('seed')}{quick})", ""]
+    if "gradcheck" in res:
+        out.append("Gradient check (float64; max element-wise relative error, analytic vs torch / "
+                   "vs finite differences)")
+        out += [f"  d={r['d']:<4} n={r['n']:<3} m={r['m']:<3} lam={r['lam']:<5} {r['param']}: "
+                f"{r['vs_torch']:.2e} / {r['vs_numerical']:.2e}" for r in res["gradcheck"]["rows"]]
+        out.append("")
+    if "overfit" in res:
+        o = res["overfit"]
+        out += [f"Overfit check: {o['n']} images, lam=0, {o['epochs']} epochs: final training loss "
+                f"{o['loss']:.4f}, accuracy {pct(o['acc'])}", ""]
+    for key, label in (("fig3", "Figure 3"), ("fig4", "Figure 4")):
+        if key in res:
+            r, c = res[key], res[key]["cfg"]
+            out += [f"{label} ({c['n_cycles']} cycle(s), n_s={c['n_s']}, lam={c['lam']}, "
+                    f"{r['n_train']} training images): test accuracy {pct(r['test_acc'])}, "
+                    f"final val accuracy {pct(r['history']['val_acc'][-1])}", ""]
+    for key in ("coarse", "fine"):
+        if key in res:
+            r, (lo, hi) = res[key], res[key]["l_range"]
+            out.append(f"{key.capitalize()} search: log10(lam) in [{lo:.3f}, {hi:.3f}], "
+                       f"{r['n_cycles']} cycles, n_s={r['n_s']}, {r['n_train']} train / "
+                       f"{r['n_val']} val images")
+            out += [f"  lam={t['lam']:.4e}  val acc {pct(t['val_acc'])}  (best "
+                    f"{pct(t['best_val_acc'])}){' *' if t in r['top3'] else ''}"
+                    for t in sorted(r["trials"], key=lambda t: t["lam"])]
+            out += ["  * the 3 best by final validation accuracy", ""]
+    if "final" in res:
+        r = res["final"]
+        out += [f"Final run: lam={r['lam']:.4e}, {r['n_train']} train / {r['n_val']} val images, "
+                f"{r['cfg']['n_cycles']} cycles, n_s={r['cfg']['n_s']}: test accuracy "
+                f"{pct(r['test_acc'])}", ""]
+    for key, r in res.get("seeds", {}).items():
+        out.append(f"Over seeds {r['seeds']}, {key}: test accuracy {100 * r['mean']:.2f}% +- "
+                   f"{100 * r['std']:.2f} ({', '.join(pct(a) for a in r['test_acc'])})")
+    out += [""] if "seeds" in res else []
+    if timings:
+        out.append("Time per part (seconds, this machine)")
+        out += [f"  {k:<10} {v:8.1f}" for k, v in timings.items()]
+    return "\n".join(out) + "\n"
