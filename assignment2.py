@@ -38,10 +38,26 @@ from pathlib import Path
 
 import numpy as np
 
-from runfiles import (DataError, FolderLock, SafeUnpickler, StateError, TrialFile,
-                      arrays_fingerprint, atomic_path, choose_out_dir, code_fingerprint, describe,
-                      download_archive, identity, load_progress, nested, open_run, save_progress,
-                      step_problem, write_atomic)
+from runfiles import (
+    DataError,
+    FolderLock,
+    SafeUnpickler,
+    StateError,
+    TrialFile,
+    arrays_fingerprint,
+    atomic_path,
+    choose_out_dir,
+    code_fingerprint,
+    describe,
+    download_archive,
+    identity,
+    load_progress,
+    nested,
+    open_run,
+    save_progress,
+    step_problem,
+    write_atomic,
+)
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -239,6 +255,11 @@ def normalise(train: Split, *others: Split, dtype="float32") -> list[Split]:
         X /= std.astype(dtype)
         out.append(Split(X=X, y=s.y))
     return out
+
+
+def head(s: Split, k: int | None) -> Split:
+    """The first k images of s (all of them when k is None)."""
+    return s if k is None else Split(s.X[:, :k], s.y[:k])
 
 
 def split_last(s: Split, n_val: int) -> tuple[Split, Split]:
@@ -458,7 +479,7 @@ def cyclic_eta(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
     """Triangular schedule: rises linearly from eta_min at t = 2 l n_s to eta_max at (2l+1) n_s
     (eq. 14), then falls back to eta_min at 2(l+1) n_s (eq. 15)."""
     assert t >= 0 and n_s > 0
-    l, r = divmod(t, 2 * n_s)
+    l, r = divmod(t, 2 * n_s)  # noqa: E741 (l: the spec's cycle index)
     if r <= n_s:
         return eta_min + r / n_s * (eta_max - eta_min)  # eq. 14
     return eta_max - (r - n_s) / n_s * (eta_max - eta_min)  # eq. 15
@@ -776,8 +797,8 @@ def fine_range(coarse: list[dict], plan: Plan) -> tuple[float, float]:
     if not best:
         raise Diverged("every coarse trial diverged; nothing to refine")
     step = (plan.coarse_l[1] - plan.coarse_l[0]) / max(1, plan.coarse_n - 1)
-    l = math.log10(best[0]["lam"])
-    return max(plan.coarse_l[0], l - step), min(plan.coarse_l[1], l + step)
+    centre = math.log10(best[0]["lam"])
+    return max(plan.coarse_l[0], centre - step), min(plan.coarse_l[1], centre + step)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -872,7 +893,6 @@ class Context:
         hold out the last n_val_search / n_val_final images of all five batches."""
         key = ("splits", which)
         if key not in self.cache:
-            head = lambda s, k: s if k is None else Split(s.X[:, :k], s.y[:k])
             lim = self.plan.limit
             if which == "batch12":
                 tr = head(self.raw(["data_batch_1"]), lim)
@@ -992,7 +1012,7 @@ def _search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict
     for t in top3:
         ctx.log(f"{stage} top: lam={t['lam']:.4e} val acc {t['val_acc']:.4f}")
     width = l_range[1] - l_range[0]
-    if top3 and min(abs(math.log10(top3[0]["lam"]) - l) for l in l_range) < 0.1 * width:
+    if top3 and min(abs(math.log10(top3[0]["lam"]) - end) for end in l_range) < 0.1 * width:
         ctx.log(f"{stage}: note, the best lam lies at the edge of the searched range {l_range}")
     plot_search(trials, ctx.figure(f"{stage}.png"),
                 f"{stage} search: {n_cycles} cycles, n_s={base.n_s}")
@@ -1139,9 +1159,11 @@ def subspace(XT: np.ndarray, cfg: Config, basis: np.ndarray | None = None) -> np
 def optimizer_state(params: dict, cfg: Config) -> dict:
     """What the optimiser carries between steps: nothing (SGD), a velocity (Nesterov), two
     moments (Adam)."""
-    zeros = lambda: {k: np.zeros_like(v) for k, v in params.items()}
-    make = {"sgd": dict, "nesterov": zeros, "adam": lambda: {"m": zeros(), "v": zeros()}}
-    return make[cfg.optimizer]()
+    def zeros():
+        return {k: np.zeros_like(v) for k, v in params.items()}
+    if cfg.optimizer == "sgd":
+        return {}
+    return zeros() if cfg.optimizer == "nesterov" else {"m": zeros(), "v": zeros()}
 
 
 def update_momentum(params: dict, grads: dict, state: dict, eta: float, t: int,
@@ -1250,7 +1272,7 @@ def check_sizes(plan: Plan, batches: dict) -> None:
         need = max(plan.overfit_n, Config.n_batch)
         raise ConfigError(f"too few images for these sizes: data_batch_1 and 2 hold {n_first} or "
                           f"more each, the five training batches {n_five}; they need {need} each "
-                          f"and {n_val + Config.n_batch} together (try --quick, or the full batches)")
+                          f"and {n_val + Config.n_batch} together (try --quick, or all of CIFAR)")
 
 
 def save_run(out_dir: Path, results: dict, timings: dict) -> None:

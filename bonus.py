@@ -56,7 +56,8 @@ QUICK = Exercise5(m=30, lams=(1e-4, 1e-2), lam_cycles=1, cycles=1, best_m=40, be
 # The stages as data
 
 def range_test(x: Exercise5, lam: float, per_epoch: int) -> dict:
-    """Smith's learning-rate range test: eta rises linearly while validation accuracy is recorded."""
+    """Smith's learning-rate range test: eta rises linearly while validation accuracy is
+    recorded."""
     return {"range test": Config(m=x.m, lam=lam, eta_min=x.range_eta[0], eta_max=x.range_eta[1],
                                  n_s=per_epoch * x.range_epochs // 2, schedule="range",
                                  evals_per_cycle=20, eval_train=False)}
@@ -74,7 +75,8 @@ def ablation(x: Exercise5, lam50: float, lam_wide: float, eta_max: float, n_s: i
     drop = replace(wide, p_drop=x.p_drop)
     flip = replace(drop, flip=True)
     aug = replace(flip, shift=x.shift)
-    return {"baseline": base, "width": wide, "dropout": drop, "mirroring": flip, "translations": aug,
+    return {"baseline": base, "width": wide, "dropout": drop, "mirroring": flip,
+            "translations": aug,
             # momentum 0.9 takes steps about 1 / (1 - 0.9) times eta: start at eta_max / 10
             "nesterov": replace(aug, optimizer="nesterov", schedule="linear",
                                 eta_max=eta_max * (1 - aug.momentum)),
@@ -109,8 +111,9 @@ def stage(ctx, name: str, cfgs: dict, which: str = "final", seed: int | None = N
     """Run one stage's trials on the splits `which` (assignment2.run_trials): {name: trial}. Each
     trial's "name" is its label (default: its name); record: what else to keep (a.Stage)."""
     trials = tuple(((labels or {}).get(k, k), cfg) for k, cfg in cfgs.items())
-    done = a.run_trials(a.Stage(name, trials, **record), ctx.data(which),
-                        ctx.seed if seed is None else seed, ctx.out_dir / "bonus.jsonl", ctx.log, basis)
+    seed = ctx.seed if seed is None else seed
+    done = a.run_trials(a.Stage(name, trials, **record), ctx.data(which), seed,
+                        ctx.out_dir / "bonus.jsonl", ctx.log, basis)
     return dict(zip(cfgs, done))
 
 
@@ -156,9 +159,9 @@ def run(ctx) -> dict:
                                             replace(rows["translations"], pca=x.pca)},
                          test=True, basis=basis))
     s_tr = ctx.data("search")[0]
-    select = stage(ctx, "bonus_select",
-                   selection(x, rows["translations"], a.search_ns(ctx.plan, s_tr.n, Config.n_batch)),
-                   which="search", basis=ctx.basis("search", x.pca))
+    s_ns = a.search_ns(ctx.plan, s_tr.n, Config.n_batch)
+    select = stage(ctx, "bonus_select", selection(x, rows["translations"], s_ns), which="search",
+                   basis=ctx.basis("search", x.pca))
     pick = Config(**a.top_trials(list(select.values()), 1)[0]["cfg"])
     longs = stage(ctx, "bonus_long", long_runs(x, pick, per_epoch), test=True, history=True,
                   mirror=True, save_dir=ctx.out_dir / "models", verbose=True, basis=basis)
@@ -169,7 +172,8 @@ def run(ctx) -> dict:
     a.plot_curves(long["history"], ctx.figure("bonus_long.png"),
                   f"{long['name']}: test accuracy {pct(long['test_acc'])}, "
                   f"mirrored {pct(long['test_acc_mirror'])}")
-    again = [only(stage(ctx, "bonus_long_seed", {f"{long['name']}, seed {s}": Config(**long["cfg"])},
+    again = [only(stage(ctx, "bonus_long_seed", {f"{long['name']}, seed {s}":
+                                                 Config(**long["cfg"])},
                         seed=s, test=True, mirror=True, verbose=True, basis=basis))
              for s in range(ctx.seed + 1, ctx.seed + x.seeds)]
     runs = [long, *again]
@@ -219,7 +223,9 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     plt = a._pyplot()
     n = XT.shape[0]
     windows = a.augment_source(XT.astype(np.float32), True, shift)
-    full = lambda v: np.full(n, v)
+
+    def full(v):
+        return np.full(n, v)
     rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
             (f"left {shift}, down {shift}", 0, -shift, shift),
             (f"mirrored, up {shift}", 1, 0, -shift)]
@@ -240,15 +246,17 @@ def final_test_acc(trial: dict) -> tuple:
     """The test accuracy of a final model with the evaluation that validation prefers: mirrored
     averaging only when it raised the validation accuracy (the test set plays no part)."""
     if trial.get("val_acc_mirror") is not None and trial["val_acc_mirror"] > trial["val_acc"]:
-        return trial.get("test_acc_mirror"), "with mirrored averaging, which raised validation accuracy"
-    return trial.get("test_acc"), "plain evaluation; mirrored averaging did not raise validation accuracy"
+        return trial.get("test_acc_mirror"), ("with mirrored averaging, which raised validation "
+                                              "accuracy")
+    return trial.get("test_acc"), ("plain evaluation; mirrored averaging did not raise "
+                                   "validation accuracy")
 
 
 def format_bonus(res: dict) -> str:
     """results_bonus.txt: the Exercise 5 numbers for people."""
     rt = res["range_test"]
-    out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; selection "
-           "on validation only; training times in seconds on this machine)", "",
+    out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; "
+           "selection on validation only; training times in seconds on this machine)", "",
            f"Range test: eta from {rt['cfg']['eta_min']:g} to {rt['cfg']['eta_max']:g}, validation "
            f"accuracy peaks at eta = {rt['eta_max']:.4g} (used as eta_max)", "",
            "Wide-network lam: " + ", ".join(f"{t['lam']:g}: {pct(t['val_acc'])}"
@@ -264,7 +272,8 @@ def format_bonus(res: dict) -> str:
             "", f"Wide net (m={next(iter(res['select'].values()))['cfg']['m']}) chosen on "
             f"{res['n_train_select']} / {res['n_val_select']} images: "
             + ", ".join(f"{n}: {pct(t['val_acc'])}" for n, t in res["select"].items()), "",
-            f"{'long runs':<54} {'val acc':>8} {'test acc':>9} {'mirrored val/test':>18} {'time s':>7}"]
+            f"{'long runs':<54} {'val acc':>8} {'test acc':>9} {'mirrored val/test':>18} "
+            f"{'time s':>7}"]
     for t in res["longs"].values():
         mirrored = pct(t.get("val_acc_mirror")) + " / " + pct(t.get("test_acc_mirror"))
         out.append(f"{t['name']:<54} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} "
@@ -274,7 +283,8 @@ def format_bonus(res: dict) -> str:
     out += ["", f"Final model (highest validation accuracy): {res['long']['name']}: test accuracy "
             f"{pct(acc)} ({how})",
             f"The same settings with seeds {', '.join(map(str, sd['seeds']))}: test "
-            f"{', '.join(map(pct, sd['test_acc']))}; mirrored {', '.join(map(pct, sd['test_acc_mirror']))}",
+            f"{', '.join(map(pct, sd['test_acc']))}; mirrored "
+            f"{', '.join(map(pct, sd['test_acc_mirror']))}",
             "", f"Training time of all the trials above: {res['train_seconds']:.0f} s "
             f"({res['train_seconds'] / 60:.0f} minutes)"]
     return "\n".join(out) + "\n"

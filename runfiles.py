@@ -335,7 +335,8 @@ def _settings(key: dict) -> dict:
 # Progress files: a long run saved at its evaluation points, resumed exactly
 
 def nested(d: dict, prefix: str = ""):
-    """(path, array) for every array in a dict of arrays or of such dicts (params, optimiser state)."""
+    """(path, array) for every array in a dict of arrays or of such dicts (params, optimiser
+    state)."""
     for k, v in d.items():
         yield from nested(v, f"{prefix}{k}/") if isinstance(v, dict) else [(prefix + k, v)]
 
@@ -418,8 +419,8 @@ def short_hash(*parts: str) -> str:
 
 # The code that makes the numbers: assignment2.py as code (comments, docstrings and layout do not
 # count), without its plots, its command line and its checks of stored records.
-NOT_NUMBERS = ("plot_*", "_pyplot", "save_figure", "report", "HELP", "parse_args", "main", "check_args",
-               "check_sizes", "*_problem", "save_run", "run_steps")
+NOT_NUMBERS = ("plot_*", "_pyplot", "save_figure", "report", "HELP", "parse_args", "main",
+               "check_args", "check_sizes", "*_problem", "save_run", "run_steps")
 
 
 @functools.lru_cache(maxsize=1)
@@ -538,8 +539,8 @@ def open_run(out_dir: Path, run: dict, replace: bool, log=print) -> tuple[dict, 
     if not replace:
         raise StateError(f"{out_dir} holds the results of another run ({describe(res)}); this run "
                          f"is ({describe(run)}). Nothing was changed: pass another --out-dir, or "
-                         f"--replace to move that run's outputs to {out_dir / 'replaced'}/ and start "
-                         f"afresh")
+                         f"--replace to move that run's outputs to {out_dir / 'replaced'}/ and "
+                         f"start afresh")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dest = move_aside(out_dir, RUN_OUTPUTS, out_dir / "replaced" / f"{stamp}-{run_name(res)}")
     log(f"--replace: moved the outputs of the run ({describe(res)}) to {dest}")

@@ -1,7 +1,9 @@
-"""Reference gradients from PyTorch autograd, the spec's skeleton with the scores of eqs. (1-3) filled in.
+"""Reference gradients from PyTorch autograd: the spec's skeleton with the scores of eqs. (1-3)
+filled in.
 
-network_params = {'W': [W1, W2], 'b': [b1, b2]} with W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1); X is d x n;
-y holds the n labels. lam adds the L2 term lam * sum(W**2) of eq. (7) (0 by default, as in the spec's skeleton).
+network_params = {'W': [W1, W2], 'b': [b1, b2]} with W1 (m, d), b1 (m, 1), W2 (K, m), b2 (K, 1);
+X is d x n; y holds the n labels. lam adds the L2 term lam * sum(W**2) of eq. (7) (0 by default,
+as in the spec's skeleton).
 """
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ def ComputeGradsWithTorch(X, y, network_params, lam=0.0):
     apply_relu = torch.nn.ReLU()
     apply_softmax = torch.nn.Softmax(dim=0)
 
-    # the scoring function of eqs. (1-3): hidden layers with ReLU, then a linear layer; scores are K x n
+    # the scoring function of eqs. (1-3): hidden layers with ReLU, then a linear layer; scores are K
+    # x n
     H = Xt
     for i in range(L - 1):
         H = apply_relu(W[i] @ H + b[i])

@@ -1,16 +1,19 @@
-"""Time one training epoch of assignment2.py against a torch autograd loop and the machine's matrix-product peak.
+"""Time one training epoch of assignment2.py against a torch autograd loop and the machine's
+matrix-product peak.
 
-    python benchmarks/bench_train.py            # m=50 on 49,000 images, then m=1000 on 10,000 images
+    python benchmarks/bench_train.py              # m=50 on 49,000 images, m=1000 on 10,000
     python benchmarks/bench_train.py --repeats 3 --skip-wide
-    python benchmarks/bench_train.py --augment  # m=50: the augmented (mirror + shift) epoch against the plain one
+    python benchmarks/bench_train.py --augment    # m=50: augmented (mirror + shift) vs plain
 
-All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the cyclic schedule.
-The project's epoch is timed through assignment2.run(), the code path the program uses: a run of three epochs minus a
-run of one epoch, halved, so the evaluation passes at the start and the end (the same in both) cancel out.
-torch keeps its default OpenMP settings (its fastest here); after its loop the benchmark pauses for a second, so its
-idle OpenMP threads stop spinning on the cores before numpy's next timing starts.
+All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the
+cyclic schedule. The project's epoch is timed through assignment2.run(), the code path the program
+uses: a run of three epochs minus a run of one epoch, halved, so the evaluation passes at the start
+and the end (the same in both) cancel out. torch keeps its default OpenMP settings (its fastest
+here); after its loop the benchmark pauses for a second, so its idle OpenMP threads stop spinning
+on the cores before numpy's next timing starts.
 Last line: epoch_s=<x> torch_s=<y> ratio=<x/y> gemm_peak_fraction=<f> (m=50; medians).
 """
+
 import argparse
 import math
 import statistics
@@ -25,14 +28,16 @@ import assignment2 as a  # noqa: E402
 
 
 def synthetic(n, rng, d=a.D):
-    X = np.asfortranarray(rng.standard_normal((d, n), dtype=np.float32))  # (d, n), as normalise() returns it
+    # (d, n), as normalise() returns it
+    X = np.asfortranarray(rng.standard_normal((d, n), dtype=np.float32))
     return a.Split(X, rng.integers(0, a.K, n))
 
 
 class SetupClock:
-    """Times assignment2.augment_source, the one-time layout of the training set for augmentation. Its cost depends on
-    whether the allocator hands out fresh pages (the first large run) or reused ones (the next), so it does not cancel
-    out of run(k epochs) - run(1 epoch); it is measured on its own and taken out of the epoch time instead."""
+    """Times assignment2.augment_source, the one-time layout of the training set for
+    augmentation. Its cost depends on whether the allocator hands out fresh pages (the first
+    large run) or reused ones (the next), so it does not cancel out of run(k epochs) - run(1
+    epoch); it is measured on its own and taken out of the epoch time instead."""
 
     def __init__(self):
         self.seconds, self.real = 0.0, a.augment_source
@@ -43,6 +48,7 @@ class SetupClock:
             out = self.real(*args)
             self.seconds += time.perf_counter() - t0
             return out
+
         a.augment_source = timed
         return self
 
@@ -51,12 +57,13 @@ class SetupClock:
 
 
 def project_epoch(tr, va, m, B, epochs=3, setups=None, **extra):
-    """Seconds for one epoch of assignment2's training: (run(epochs) - run(1 epoch)) / (epochs - 1), without the
-    one-time augmentation layout, whose seconds per run are appended to setups. extra: Config fields such as flip,
-    shift or p_drop (Exercise 5)."""
+    """Seconds for one epoch of assignment2's training: (run(epochs) - run(1 epoch)) / (epochs -
+    1), without the one-time augmentation layout, whose seconds per run are appended to setups.
+    extra: Config fields such as flip, shift or p_drop (Exercise 5)."""
     per_epoch = tr.n // B
     times, steps = [], []
-    for n_s in (epochs * per_epoch // 2, per_epoch // 2):  # one cycle of 2 n_s steps: `epochs` epochs, then 1
+    # one cycle of 2 n_s steps: `epochs` epochs, then 1
+    for n_s in (epochs * per_epoch // 2, per_epoch // 2):
         cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **extra)
         with SetupClock() as setup:
             t0 = time.perf_counter()
@@ -69,22 +76,30 @@ def project_epoch(tr, va, m, B, epochs=3, setups=None, **extra):
 
 
 def torch_epoch(tr, m, B, lam=0.01, eta_min=1e-5, eta_max=1e-1):
-    """The same network, loss, penalty and cyclic update, written the way a torch user would: autograd, float32."""
+    """The same network, loss, penalty and cyclic update, written the way a torch user would:
+    autograd, float32."""
     import torch
+
     g = torch.Generator().manual_seed(0)
     d, n = tr.X.shape
     XT = torch.from_numpy(np.ascontiguousarray(tr.X.T))  # (n, d)
     y = torch.from_numpy(tr.y)
-    params = [(torch.randn(m, d, generator=g) / math.sqrt(d)).requires_grad_(), torch.zeros(m, requires_grad=True),
-              (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_(), torch.zeros(a.K, requires_grad=True)]
+    params = [
+        (torch.randn(m, d, generator=g) / math.sqrt(d)).requires_grad_(),
+        torch.zeros(m, requires_grad=True),
+        (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_(),
+        torch.zeros(a.K, requires_grad=True),
+    ]
     W1, b1, W2, b2 = params
     per_epoch, n_s = n // B, n // B // 2
     t0 = time.perf_counter()
     perm = torch.randperm(n, generator=g)
     for t in range(per_epoch):
-        idx = perm[t * B:(t + 1) * B]
+        idx = perm[t * B : (t + 1) * B]
         S = torch.relu(XT[idx] @ W1.T + b1) @ W2.T + b2  # (B, K)
-        loss = torch.nn.functional.cross_entropy(S, y[idx]) + lam * (W1.square().sum() + W2.square().sum())
+        loss = torch.nn.functional.cross_entropy(S, y[idx]) + lam * (
+            W1.square().sum() + W2.square().sum()
+        )
         grads = torch.autograd.grad(loss, params)
         eta = a.cyclic_eta(t, eta_min, eta_max, n_s)
         with torch.no_grad():
@@ -99,11 +114,12 @@ def gemm_gflops(size=2048, reps=5):
     t0 = time.perf_counter()
     for _ in range(reps):
         A @ A
-    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def epoch_gflop(n, m, B, d=a.D):
-    """Matrix-product work of one epoch: W1 X and G X^T dominate (2 m d per image each), plus the small layer."""
+    """Matrix-product work of one epoch: W1 X and G X^T dominate (2 m d per image each), plus the
+    small layer."""
     return (n // B) * B * (4 * m * d + 6 * a.K * m) / 1e9
 
 
@@ -112,9 +128,10 @@ def stats(xs):
 
 
 def augment_ratio(repeats, m=50, n=49000, B=100):
-    """Exercise 5's target: an epoch with mirroring and +-3 pixel shifts against a plain epoch, same process,
-    interleaved, each as (run(5 epochs) - run(1 epoch)) / 4. The augmented run also builds its padded, mirrored copy
-    of the training set once per run; that one-time cost is timed apart (see SetupClock) and printed."""
+    """Exercise 5's target: an epoch with mirroring and +-3 pixel shifts against a plain epoch,
+    same process, interleaved, each as (run(5 epochs) - run(1 epoch)) / 4. The augmented run also
+    builds its padded, mirrored copy of the training set once per run; that one-time cost is
+    timed apart (see SetupClock) and printed."""
     rng = np.random.default_rng(0)
     tr, va = synthetic(n, rng), synthetic(1000, rng)
     plain, aug, setups = [], [], []
@@ -122,21 +139,30 @@ def augment_ratio(repeats, m=50, n=49000, B=100):
         plain.append(project_epoch(tr, va, m, B, epochs=5))
         aug.append(project_epoch(tr, va, m, B, epochs=5, setups=setups, flip=True, shift=3))
     (p_med, p_min), (a_med, a_min) = stats(plain), stats(aug)
-    print(f"m={m}, {n} images: plain epoch {p_med:.3f}/{p_min:.3f} s, augmented epoch {a_med:.3f}/{a_min:.3f} s "
-          f"(median/min); once per run, the padded and mirrored copy: {min(setups):.2f}-{max(setups):.2f} s")
+    print(
+        f"m={m}, {n} images: plain epoch {p_med:.3f}/{p_min:.3f} s, augmented epoch "
+        f"{a_med:.3f}/{a_min:.3f} s (median/min); once per run, the padded and mirrored copy: "
+        f"{min(setups):.2f}-{max(setups):.2f} s"
+    )
     print(f"plain_s={p_med:.3f} augmented_s={a_med:.3f} augmented_ratio={a_med / p_med:.3f}")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-wide", action="store_true", help="skip the m=1000 case")
-    p.add_argument("--augment", action="store_true", help="only time the augmented epoch against the plain one")
+    p.add_argument(
+        "--augment", action="store_true", help="only time the augmented epoch against the plain one"
+    )
     args = p.parse_args(argv)
     if args.augment:
         return augment_ratio(args.repeats)
     import torch
-    torch.set_num_threads(2)  # the project's numpy uses both cores through OpenBLAS; give torch the same
+
+    # the project's numpy uses both cores through OpenBLAS; give torch the same
+    torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     cases = [(50, 49000)] + ([] if args.skip_wide else [(1000, 10000)])
     va = synthetic(1000, rng)
@@ -148,19 +174,27 @@ def main(argv=None):
         for _ in range(reps):  # interleaved, so drifts in machine speed hit every column alike
             ours.append(project_epoch(tr, va, m, 100))
             theirs.append(torch_epoch(tr, m, 100))
-            time.sleep(1.0)  # let torch's OpenMP workers go to sleep before numpy needs both cores again
+            # let torch's OpenMP workers go to sleep before numpy needs both cores again
+            time.sleep(1.0)
             peak.append(gemm_gflops())
         (o_med, o_min), (t_med, t_min), (g_med, _) = stats(ours), stats(theirs), stats(peak)
         work = epoch_gflop(n, m, 100)
         rows.append((m, n, o_med, o_min, t_med, t_min, o_med / t_med, work / o_med, g_med))
         if m == 50:
-            last = f"epoch_s={o_med:.3f} torch_s={t_med:.3f} ratio={o_med / t_med:.3f} " \
-                   f"gemm_peak_fraction={work / o_med / g_med:.3f}"
+            last = (
+                f"epoch_s={o_med:.3f} torch_s={t_med:.3f} ratio={o_med / t_med:.3f} "
+                f"gemm_peak_fraction={work / o_med / g_med:.3f}"
+            )
         del tr
-    print(f"{'m':>5} {'images':>7} {'ours med/min s':>16} {'torch med/min s':>17} {'ratio':>6} "
-          f"{'ours GFLOP/s':>13} {'gemm peak':>10}")
+    print(
+        f"{'m':>5} {'images':>7} {'ours med/min s':>16} {'torch med/min s':>17} {'ratio':>6} "
+        f"{'ours GFLOP/s':>13} {'gemm peak':>10}"
+    )
     for m, n, om, on, tm, tn, r, gf, gp in rows:
-        print(f"{m:>5} {n:>7} {om:>8.3f}/{on:<7.3f} {tm:>8.3f}/{tn:<8.3f} {r:>6.3f} {gf:>13.1f} {gp:>10.1f}")
+        print(
+            f"{m:>5} {n:>7} {om:>8.3f}/{on:<7.3f} {tm:>8.3f}/{tn:<8.3f} {r:>6.3f} "
+            f"{gf:>13.1f} {gp:>10.1f}"
+        )
     print(last)
 
 

@@ -1,4 +1,4 @@
-"""Builds report/report.pdf (and report/bonus.pdf) from a results folder with Typst, and results.txt.
+"""Builds report/report.pdf (and bonus.pdf) from a results folder with Typst; formats results.txt.
 
 The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json and the
 figures of the folder themselves (rows are found by name); this file only checks that those inputs
@@ -13,7 +13,8 @@ from pathlib import Path
 from runfiles import write_atomic
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")  # report.typ reads these
+# report.typ reads these
+STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")
 FIGURES = ("fig3.png", "fig4.png", "fig4_schedule.png", "coarse.png", "fine.png", "final.png")
 BONUS_FIGURES = ("augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png")
 

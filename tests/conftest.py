@@ -10,20 +10,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = Path(os.environ.get("CIFAR10_DIR", ROOT.parent / "shared" / "cifar-10-batches-py"))
-FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+FILES = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+    "test_batch",
+)
 
 
 def write_batch(path, data, labels, protocol=2):
-    """A batch file in the official layout (the official files are protocol-2 pickles with bytes keys)."""
-    batch = {b"batch_label": b"testing batch", b"labels": list(labels), b"data": data,
-             b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
+    """A batch file in the official layout (the official files are protocol-2 pickles with bytes
+    keys)."""
+    batch = {
+        b"batch_label": b"testing batch",
+        b"labels": list(labels),
+        b"data": data,
+        b"filenames": [b"img_%d.png" % i for i in range(len(labels))],
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=protocol)
 
 
 @pytest.fixture
 def tiny_cifar(tmp_path):
-    """Six tiny batches of random images in the official format: (folder, {name: (data, labels)})."""
+    """Six tiny batches of random images in the official format: (folder, {name: (data,
+    labels)})."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar"
     folder.mkdir()

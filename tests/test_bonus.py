@@ -1,4 +1,6 @@
-"""Exercise 5's pieces: augmentation, dropout, Nesterov momentum, Adam and the learning-rate range test."""
+"""Exercise 5's pieces: augmentation, dropout, Nesterov momentum, Adam, the learning-rate range
+test and the principal subspace."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -8,31 +10,45 @@ import assignment2 as a
 
 
 def images(n=6, seed=0, dtype=np.float32):
-    return np.random.default_rng(seed).standard_normal((n, a.D)).astype(dtype)  # (n, D), one image per row
+    # (n, D), one image per row
+    return np.random.default_rng(seed).standard_normal((n, a.D)).astype(dtype)
 
 
 def test_augment_source_pads_with_edge_pixels_like_np_pad():
     XT = images()
     for shift in (0, 1, 3):
-        padded = np.pad(XT.reshape(-1, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
+        padded = np.pad(
+            XT.reshape(-1, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge"
+        )
         w = a.augment_source(XT, True, shift)
         assert w.shape == (2, 6, 3, 2 * shift + 1, 2 * shift + 1, 32, 32) and w.dtype == XT.dtype
         assert a.augment_source(XT, False, shift).shape[0] == 1
         for oy in range(2 * shift + 1):
             for ox in range(2 * shift + 1):
-                np.testing.assert_array_equal(w[0, :, :, oy, ox], padded[:, :, oy:oy + 32, ox:ox + 32])
-                np.testing.assert_array_equal(w[1, :, :, oy, ox], padded[..., ::-1][:, :, oy:oy + 32, ox:ox + 32])
+                np.testing.assert_array_equal(
+                    w[0, :, :, oy, ox], padded[:, :, oy : oy + 32, ox : ox + 32]
+                )
+                np.testing.assert_array_equal(
+                    w[1, :, :, oy, ox], padded[..., ::-1][:, :, oy : oy + 32, ox : ox + 32]
+                )
 
 
 def moved(XT, shift, f, tx, ty):
-    """Every image of XT mirrored (f = 1) and moved right by tx, down by ty, through augmented_batch."""
+    """Every image of XT mirrored (f = 1) and moved right by tx, down by ty, through
+    augmented_batch."""
     n = XT.shape[0]
-    full = lambda v: np.full(n, v)
-    return a.augmented_batch(a.augment_source(XT, True, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx))
+
+    def full(v):
+        return np.full(n, v)
+
+    return a.augmented_batch(
+        a.augment_source(XT, True, shift), np.arange(n), full(f), full(shift - ty), full(shift - tx)
+    )
 
 
 def reference(XT, mirror, tx, ty):
-    """The same transform written plainly, one image at a time, with np.roll and explicit edge filling."""
+    """The same transform written plainly, one image at a time, with np.roll and explicit edge
+    filling."""
     out = []
     for x in XT.reshape(-1, 3, 32, 32):
         x = x[..., ::-1] if mirror else x
@@ -41,7 +57,9 @@ def reference(XT, mirror, tx, ty):
     return np.array(out)
 
 
-@pytest.mark.parametrize("f,tx,ty", [(0, 0, 0), (1, 0, 0), (0, 2, -1), (1, -3, 3), (0, 3, 0), (1, 0, -2)])
+@pytest.mark.parametrize(
+    "f,tx,ty", [(0, 0, 0), (1, 0, 0), (0, 2, -1), (1, -3, 3), (0, 3, 0), (1, 0, -2)]
+)
 def test_augmented_batch_matches_a_plain_reference(f, tx, ty):
     XT = images()
     out = moved(XT, 3, f, tx, ty)
@@ -77,8 +95,11 @@ def test_mirrored_evaluation_averages_an_image_and_its_mirror():
     X, y = rng.standard_normal((a.D, 50)), rng.integers(0, 10, 50)
     params = a.init_params(a.D, 20, rng)
     both = a.evaluate(X, y, params, 0.0, mirror=True)
-    swapped = a.evaluate(a.mirror_images(X), y, params, 0.0, mirror=True)  # the same pairs, in the other order
-    assert swapped["acc"] == both["acc"] and swapped["loss"] == pytest.approx(both["loss"], rel=1e-12)
+    # the same pairs, in the other order
+    swapped = a.evaluate(a.mirror_images(X), y, params, 0.0, mirror=True)
+    assert swapped["acc"] == both["acc"] and swapped["loss"] == pytest.approx(
+        both["loss"], rel=1e-12
+    )
     P = (a.forward(X, params)[0] + a.forward(a.mirror_images(X), params)[0]) / 2
     assert both["acc"] == np.mean(np.argmax(P, axis=0) == y) != a.evaluate(X, y, params, 0.0)["acc"]
 
@@ -93,10 +114,23 @@ def test_shifted_pixels_really_move():
 def test_training_with_augmentation_draws_every_transform(monkeypatch):
     seen = []
     real = a.augmented_batch
-    monkeypatch.setattr(a, "augmented_batch", lambda w, idx, f, oy, ox: (seen.append((f, oy, ox)), real(w, idx, f, oy, ox))[1])
+    monkeypatch.setattr(
+        a,
+        "augmented_batch",
+        lambda w, idx, f, oy, ox: (seen.append((f, oy, ox)), real(w, idx, f, oy, ox))[1],
+    )
     rng = np.random.default_rng(0)
-    tr = a.Split(np.asfortranarray(rng.standard_normal((a.D, 200), dtype=np.float32)), rng.integers(0, 10, 200))
-    a.run(tr, tr, a.Config(m=5, n_s=20, n_batch=50, flip=True, shift=3, eval_train=False), rng, log=lambda s: None)
+    tr = a.Split(
+        np.asfortranarray(rng.standard_normal((a.D, 200), dtype=np.float32)),
+        rng.integers(0, 10, 200),
+    )
+    a.run(
+        tr,
+        tr,
+        a.Config(m=5, n_s=20, n_batch=50, flip=True, shift=3, eval_train=False),
+        rng,
+        log=lambda s: None,
+    )
     f, oy, ox = (np.concatenate(x) for x in zip(*seen))
     assert set(f) == {0, 1} and set(oy) == set(ox) == set(range(7))
 
@@ -110,13 +144,15 @@ def test_dropout_keeps_the_expected_activation_and_is_off_at_evaluation():
     drop = (rng.random(H.shape) >= p) / (1 - p)
     _, Hd = a.forward(X, params, drop)
     assert np.mean(Hd == 0) == pytest.approx(np.mean(H == 0) + p * np.mean(H > 0), abs=0.01)
-    np.testing.assert_allclose(Hd.mean(), H.mean(), rtol=0.03)  # inverted dropout: same expected activation
+    # inverted dropout: same expected activation
+    np.testing.assert_allclose(Hd.mean(), H.mean(), rtol=0.03)
     before = a.evaluate(X, np.zeros(2000, int), params, 0.0)
     cfg = a.Config(m=40, p_drop=0.5, n_s=10, n_batch=100, eval_train=False)
     tr = a.Split(np.asfortranarray(X), rng.integers(0, 10, 2000))
     params2 = a.init_params(30, 40, np.random.default_rng(2))
     hist = a.train(params2, tr, tr, cfg, np.random.default_rng(3), log=lambda s: None)
-    assert hist["val_acc"][-1] == a.evaluate(X, tr.y, params2, 0.0)["acc"]  # evaluation runs without dropout
+    # evaluation runs without dropout
+    assert hist["val_acc"][-1] == a.evaluate(X, tr.y, params2, 0.0)["acc"]
     assert before["loss"] > 0
 
 
@@ -138,12 +174,21 @@ def test_dropout_gradients_with_a_fixed_mask(lam):
 @pytest.mark.parametrize("lam", [0.0, 0.01])
 def test_optimisers_match_torch_optim(optimizer, lam):
     import torch
+
     rng = np.random.default_rng(5)
     params = {k: v.astype(np.float64) for k, v in a.init_params(6, 4, rng).items()}
     cfg = a.Config(optimizer=optimizer, lam=lam)
     tparams = [torch.tensor(v.copy(), requires_grad=True) for v in params.values()]
-    groups = [{"params": [tp for k, tp in zip(params, tparams) if k.startswith("W")], "weight_decay": 2 * lam},
-              {"params": [tp for k, tp in zip(params, tparams) if k.startswith("b")], "weight_decay": 0.0}]
+    groups = [
+        {
+            "params": [tp for k, tp in zip(params, tparams) if k.startswith("W")],
+            "weight_decay": 2 * lam,
+        },
+        {
+            "params": [tp for k, tp in zip(params, tparams) if k.startswith("b")],
+            "weight_decay": 0.0,
+        },
+    ]
     if optimizer == "nesterov":  # eq. 7 penalises the weights only: lam W^2 has gradient 2 lam W
         opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
     else:
@@ -164,7 +209,9 @@ def test_schedules():
     lin, rng_test = replace(cfg, schedule="linear"), replace(cfg, schedule="range")
     assert a.learning_rate(0, lin) == 0.2 and a.learning_rate(100, lin) == pytest.approx(0.1)
     assert a.learning_rate(200, lin) == pytest.approx(0.0)
-    assert a.learning_rate(0, rng_test) == 1e-5 and a.learning_rate(200, rng_test) == pytest.approx(0.2)
+    assert a.learning_rate(0, rng_test) == 1e-5 and a.learning_rate(200, rng_test) == pytest.approx(
+        0.2
+    )
     steps = [a.learning_rate(t, rng_test) for t in range(201)]
     np.testing.assert_allclose(np.diff(steps), (0.2 - 1e-5) / 200)
     assert a.learning_rate(50, cfg) == a.cyclic_eta(50, 1e-5, 0.2, 50)
@@ -173,7 +220,9 @@ def test_schedules():
 def low_rank_split(d=40, n=300, rank=6, seed=7, dtype=np.float64):
     """Zero-mean data whose variance lies in `rank` directions plus a little noise: (d, n)."""
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((d, rank)) @ rng.standard_normal((rank, n)) * 3 + 0.1 * rng.standard_normal((d, n))
+    X = rng.standard_normal((d, rank)) @ rng.standard_normal(
+        (rank, n)
+    ) * 3 + 0.1 * rng.standard_normal((d, n))
     X -= X.mean(axis=1, keepdims=True)
     return a.Split(np.asfortranarray(X.astype(dtype)), rng.integers(0, 10, n))
 
@@ -185,24 +234,40 @@ def test_pca_basis_is_orthonormal_and_ordered_by_variance():
     np.testing.assert_allclose(U.T @ U, np.eye(8), atol=1e-10)
     var = ((U.T @ s.X) ** 2).mean(axis=1)  # variance along each direction, (8,)
     assert np.all(np.diff(var) <= 0)
-    _, sv, Vt = np.linalg.svd(s.X.T, full_matrices=False)  # the same directions from an SVD, up to sign
+    # the same directions from an SVD, up to sign
+    _, sv, Vt = np.linalg.svd(s.X.T, full_matrices=False)
     np.testing.assert_allclose(np.abs(U.T @ Vt[:8].T), np.eye(8), atol=1e-6)
 
 
 def test_pca_variance_kept():
     s = low_rank_split()  # 6 strong directions plus noise of variance 0.01 in all 40
     XT = np.ascontiguousarray(s.X.T)
-    kept = lambda k: a.pca_variance_kept(XT, a.pca_basis(XT, k))
+
+    def kept(k):
+        return a.pca_variance_kept(XT, a.pca_basis(XT, k))
+
     assert kept(40) == pytest.approx(1.0)
     assert 0.98 < kept(6) < 1 and kept(1) < kept(2)
 
 
 def test_training_in_the_full_pca_basis_equals_plain_training():
-    """With k = d the basis is a rotation: gradient steps, the penalty and dropout commute with it, so training in it
-    must give the same network back in pixel space."""
+    """With k = d the basis is a rotation: gradient steps, the penalty and dropout commute with
+    it, so training in it must give the same network back in pixel space."""
     s = low_rank_split()
-    cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, p_drop=0.2, dtype="float64", eval_train=True)
-    runs = [a.run(s, s, replace(cfg, pca=k), np.random.default_rng(3), log=lambda t: None) for k in (0, 40)]
+    cfg = a.Config(
+        m=9,
+        lam=0.01,
+        eta_max=0.05,
+        n_s=15,
+        n_batch=30,
+        p_drop=0.2,
+        dtype="float64",
+        eval_train=True,
+    )
+    runs = [
+        a.run(s, s, replace(cfg, pca=k), np.random.default_rng(3), log=lambda t: None)
+        for k in (0, 40)
+    ]
     (p0, h0), (p1, h1) = runs
     assert p1["W1"].shape == (9, 40)
     for k in p0:
@@ -230,14 +295,25 @@ def test_training_in_a_pca_subspace_keeps_w1_in_it():
     W1 = params["W1"]  # (m, d), back in pixel space
     assert W1.shape == (9, 40)
     np.testing.assert_allclose(W1 - W1 @ U @ U.T, 0, atol=1e-12)
-    assert hist["val_acc"][-1] == a.evaluate(s.X, s.y, params, cfg.lam)["acc"]  # evaluation used the same network
-    assert hist["val_cost"][-1] == pytest.approx(a.evaluate(s.X, s.y, params, cfg.lam)["cost"], rel=1e-9)
+    # evaluation used the same network
+    assert hist["val_acc"][-1] == a.evaluate(s.X, s.y, params, cfg.lam)["acc"]
+    assert hist["val_cost"][-1] == pytest.approx(
+        a.evaluate(s.X, s.y, params, cfg.lam)["cost"], rel=1e-9
+    )
 
 
-@pytest.mark.parametrize("change,message", [(dict(p_drop=1.0), "p_drop"), (dict(shift=40), "shift"),
-                                            (dict(pca=-1), "pca"), (dict(pca=a.D + 1), "pca"),
-                                            (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="cos"), "schedule"),
-                                            (dict(momentum=1.0), "momentum")])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(p_drop=1.0), "p_drop"),
+        (dict(shift=40), "shift"),
+        (dict(pca=-1), "pca"),
+        (dict(pca=a.D + 1), "pca"),
+        (dict(optimizer="rmsprop"), "optimizer"),
+        (dict(schedule="cos"), "schedule"),
+        (dict(momentum=1.0), "momentum"),
+    ],
+)
 def test_invalid_bonus_settings_refused(change, message):
     with pytest.raises(a.ConfigError, match=message):
         a.check_config(replace(a.Config(), **change), 1000)

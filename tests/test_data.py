@@ -1,4 +1,5 @@
 """Loading, validation and normalisation of CIFAR-10 batches, and the download path."""
+
 import hashlib
 import io
 import os
@@ -7,9 +8,9 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import FILES, write_batch
 
 import assignment2 as a
-from conftest import FILES, write_batch
 
 
 def test_loader_reads_official_layout(tiny_cifar):
@@ -48,7 +49,9 @@ def test_refuses_a_pickle_that_would_run_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "data_batch_1", "wb") as f:
         pickle.dump({b"data": Evil(), b"labels": [0]}, f)
-    with pytest.raises(a.DataError, match=r"data_batch_1.*refused to load the global (posix|os)\.system"):
+    with pytest.raises(
+        a.DataError, match=r"data_batch_1.*refused to load the global (posix|os)\.system"
+    ):
         a.load_batch(tmp_path / "data_batch_1")
     assert not (tmp_path / "pwned").exists()
 
@@ -75,10 +78,18 @@ def _bad(tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("truncated", "corrupt or unsafe.*pickle data was truncated"), ("garbage", "data_batch_1"), ("shape", r"shape \(n, 3072\)"),
-    ("dtype", "uint8"), ("labels", "labels outside 0..9"), ("count", "flat list of 4 integers"),
-    ("not a dict", "expected a dict")])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("truncated", "corrupt or unsafe.*pickle data was truncated"),
+        ("garbage", "data_batch_1"),
+        ("shape", r"shape \(n, 3072\)"),
+        ("dtype", "uint8"),
+        ("labels", "labels outside 0..9"),
+        ("count", "flat list of 4 integers"),
+        ("not a dict", "expected a dict"),
+    ],
+)
 def test_bad_batches_raise_a_clear_error(tmp_path, kind, message):
     path = _bad(tmp_path, kind)
     with pytest.raises(a.DataError, match=message) as e:
@@ -88,13 +99,18 @@ def test_bad_batches_raise_a_clear_error(tmp_path, kind, message):
 
 def test_normalise_uses_training_statistics_only():
     rng = np.random.default_rng(0)
-    train = a.Split(np.asfortranarray(rng.integers(0, 256, (6, 50), dtype=np.uint8)), rng.integers(0, 10, 50))
-    val = a.Split(np.asfortranarray(rng.integers(100, 256, (6, 20), dtype=np.uint8)), rng.integers(0, 10, 20))
+    train = a.Split(
+        np.asfortranarray(rng.integers(0, 256, (6, 50), dtype=np.uint8)), rng.integers(0, 10, 50)
+    )
+    val = a.Split(
+        np.asfortranarray(rng.integers(100, 256, (6, 20), dtype=np.uint8)), rng.integers(0, 10, 20)
+    )
     tr, va = a.normalise(train, val, dtype="float64")
     np.testing.assert_allclose(tr.X.mean(axis=1), 0, atol=1e-12)
     np.testing.assert_allclose(tr.X.std(axis=1), 1, atol=1e-12)
     mean, std = train.X.mean(axis=1, keepdims=True), train.X.std(axis=1, keepdims=True)
-    np.testing.assert_allclose(va.X, (val.X - mean) / std)  # the validation split's own mean is not used
+    # the validation split's own mean is not used
+    np.testing.assert_allclose(va.X, (val.X - mean) / std)
     assert va.X.flags.f_contiguous
     assert a.normalise(train, dtype="float32")[0].X.dtype == np.float32
 
@@ -134,11 +150,15 @@ def _archive(tmp_path, extra=()):
 
 
 def test_download_verifies_and_extracts_only_the_batches(tmp_path):
-    url, md5 = _archive(tmp_path, extra=[("../escape.txt", b"x"), ("cifar-10-batches-py/evil.sh", b"rm -rf /")])
+    url, md5 = _archive(
+        tmp_path, extra=[("../escape.txt", b"x"), ("cifar-10-batches-py/evil.sh", b"rm -rf /")]
+    )
     dest = tmp_path / "data" / "cifar-10-batches-py"
     assert a.ensure_data(dest, may_download=True, url=url, md5=md5) == dest
     assert sorted(p.name for p in dest.iterdir()) == sorted(FILES + ("batches.meta",))
-    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "data" / "escape.txt").exists()
+    assert (
+        not (tmp_path / "escape.txt").exists() and not (tmp_path / "data" / "escape.txt").exists()
+    )
     assert a.load_batch(dest / "test_batch").n == 2
 
 
@@ -152,7 +172,9 @@ def test_download_with_a_wrong_md5_is_refused(tmp_path):
 
 def test_offline_download_says_what_to_do(tmp_path):
     dest = tmp_path / "cifar-10-batches-py"
-    with pytest.raises(a.DataError, match="Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"):
+    with pytest.raises(
+        a.DataError, match="Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    ):
         a.ensure_data(dest, may_download=True, url=(tmp_path / "nothing.tar.gz").as_uri())
 
 
@@ -171,14 +193,17 @@ def test_shared_cifar_batches_load(shared_data):
     assert set(np.unique(s.y)) == set(range(10))
 
 
-@pytest.mark.parametrize("labels,message", [
-    ([[0, 1], [2]], "flat list of 2 integers"),  # ragged
-    ([[[[0]]]], "flat list of 2 integers"),  # nested
-    ([0, 1.0], "flat list of 2 integers"),  # not integers
-    ([0, 10 ** 30], "labels outside 0..9"),  # too large for int64
-    (np.zeros((2, 1), np.int64), "flat list of 2 integers"),  # a 2-D array
-    ("ab", "flat list of 2 integers"),
-])
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        ([[0, 1], [2]], "flat list of 2 integers"),  # ragged
+        ([[[[0]]]], "flat list of 2 integers"),  # nested
+        ([0, 1.0], "flat list of 2 integers"),  # not integers
+        ([0, 10**30], "labels outside 0..9"),  # too large for int64
+        (np.zeros((2, 1), np.int64), "flat list of 2 integers"),  # a 2-D array
+        ("ab", "flat list of 2 integers"),
+    ],
+)
 def test_labels_of_the_wrong_structure_are_a_data_error(tmp_path, labels, message):
     path = tmp_path / "data_batch_1"
     with open(path, "wb") as f:
@@ -188,8 +213,8 @@ def test_labels_of_the_wrong_structure_are_a_data_error(tmp_path, labels, messag
 
 
 def test_self_referencing_labels_are_refused_without_expanding_them(tmp_path):
-    """A 'billion laughs' pickle: labels is a list of 30 references to a list of 30 references to ... 8 deep,
-    30**8 = 6.6e11 ints if expanded. Refused from its first element, at once."""
+    """A 'billion laughs' pickle: labels is a list of 30 references to a list of 30 references to
+    ... 8 deep, 30**8 = 6.6e11 ints if expanded. Refused from its first element, at once."""
     inner = [0] * 30
     for _ in range(7):
         inner = [inner] * 30
@@ -211,16 +236,24 @@ def test_a_file_too_large_for_a_batch_is_refused_before_unpickling(tmp_path, mon
 
 def test_empty_bytes_at_protocol_2_are_accepted_and_bytes_with_a_size_refused(tmp_path):
     path = tmp_path / "data_batch_1"
-    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [3], b"batch_label": b"", b"filenames": [b""]}
+    batch = {
+        b"data": np.zeros((1, 3072), np.uint8),
+        b"labels": [3],
+        b"batch_label": b"",
+        b"filenames": [b""],
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f, protocol=2)
     assert a.load_batch(path).y.tolist() == [3]
 
     class Huge:  # pickles as builtins.bytes(10**12): a terabyte from a few bytes of file
         def __reduce__(self):
-            return (bytes, (10 ** 12,))
+            return (bytes, (10**12,))
+
     with open(path, "wb") as f:
-        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [3], b"x": Huge()}, f, protocol=2)
+        pickle.dump(
+            {b"data": np.zeros((1, 3072), np.uint8), b"labels": [3], b"x": Huge()}, f, protocol=2
+        )
     with pytest.raises(a.DataError, match="builtins.bytes with arguments"):
         a.load_batch(path)
 
@@ -242,7 +275,9 @@ def test_download_refuses_an_archive_whose_member_is_a_link_and_leaves_nothing(t
     data = tmp_path / "data"
     dest = data / "cifar-10-batches-py"
     with pytest.raises(a.DataError, match="data_batch_1 is not a regular file"):
-        a.ensure_data(dest, True, (tmp_path / "a.tar.gz").as_uri(), hashlib.md5(buf.getvalue()).hexdigest())
+        a.ensure_data(
+            dest, True, (tmp_path / "a.tar.gz").as_uri(), hashlib.md5(buf.getvalue()).hexdigest()
+        )
     assert list(data.iterdir()) == []  # no folder, complete or partial, is left behind
 
 
@@ -250,7 +285,11 @@ def test_download_refuses_an_archive_missing_a_batch(tmp_path):
     url, md5 = _archive(tmp_path)
     src = tmp_path / "cifar.tar.gz"
     with tarfile.open(src) as tar:  # the same archive without test_batch
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if not m.name.endswith("test_batch")]
+        members = [
+            (m, tar.extractfile(m).read())
+            for m in tar.getmembers()
+            if not m.name.endswith("test_batch")
+        ]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for m, payload in members:
@@ -258,7 +297,9 @@ def test_download_refuses_an_archive_missing_a_batch(tmp_path):
     src.write_bytes(buf.getvalue())
     data = tmp_path / "data"
     with pytest.raises(a.DataError, match="lacks test_batch"):
-        a.ensure_data(data / "cifar-10-batches-py", True, url, hashlib.md5(buf.getvalue()).hexdigest())
+        a.ensure_data(
+            data / "cifar-10-batches-py", True, url, hashlib.md5(buf.getvalue()).hexdigest()
+        )
     assert list(data.iterdir()) == []
 
 
@@ -271,4 +312,7 @@ def test_a_stale_partial_download_is_never_reused(tmp_path):
     dest = data / "cifar-10-batches-py"
     a.ensure_data(dest, True, url, md5)
     assert a.load_batch(dest / "data_batch_1").n == 2  # the fresh archive's file, not the stale one
-    assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py", "cifar-10-batches-py.part"]
+    assert sorted(p.name for p in data.iterdir()) == [
+        "cifar-10-batches-py",
+        "cifar-10-batches-py.part",
+    ]

@@ -1,4 +1,6 @@
-"""Analytic gradients (eqs. 12-13) against torch autograd and centred finite differences, in float64."""
+"""Analytic gradients (eqs. 12-13) against torch autograd and centred finite differences
+(float64)."""
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,8 @@ def test_analytic_matches_torch(d, n, m, lam):
 @pytest.mark.parametrize("lam", [0.0, 0.05])
 def test_analytic_matches_finite_differences(d, n, m, lam):
     X, y, params = random_problem(d, n, m, seed=7 * d + n)
-    # a finite difference across a ReLU kink is wrong by design: these problems have none within reach of h
+    # a finite difference across a ReLU kink is wrong by design: these problems have none within
+    # reach of h
     assert np.abs(params["W1"] @ X + params["b1"]).min() > 1e-3
     ours = a.grads_analytic(X, y, params, lam)
     numerical = a.grads_numerical(X, y, params, lam)

@@ -1,4 +1,5 @@
 """Initialisation, forward pass, cost and the learning-rate schedule."""
+
 import math
 
 import numpy as np
@@ -10,7 +11,12 @@ import assignment2 as a
 def test_init_statistics():
     rng = np.random.default_rng(0)
     p = a.init_params(3072, 50, rng, "float32")
-    assert {k: v.shape for k, v in p.items()} == {"W1": (50, 3072), "b1": (50, 1), "W2": (10, 50), "b2": (10, 1)}
+    assert {k: v.shape for k, v in p.items()} == {
+        "W1": (50, 3072),
+        "b1": (50, 1),
+        "W2": (10, 50),
+        "b2": (10, 1),
+    }
     assert all(v.dtype == np.float32 for v in p.values())
     assert abs(p["W1"].mean()) < 3 / math.sqrt(p["W1"].size) / math.sqrt(3072)
     assert p["W1"].std() == pytest.approx(1 / math.sqrt(3072), rel=0.02)
@@ -30,7 +36,9 @@ def test_softmax_is_stable_and_normalised():
     P = a.softmax(S)
     assert np.all(np.isfinite(P))
     np.testing.assert_allclose(P.sum(axis=0), 1)
-    np.testing.assert_allclose(P[:2, 0], [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))])
+    np.testing.assert_allclose(
+        P[:2, 0], [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))]
+    )
 
 
 def test_forward_shapes_and_initial_loss_near_log_k():
@@ -42,17 +50,22 @@ def test_forward_shapes_and_initial_loss_near_log_k():
     assert P.shape == (10, 500) and H.shape == (50, 500)
     assert np.all(H >= 0)
     res = a.evaluate(X, y, params, lam=0.0)
-    assert res["loss"] == pytest.approx(math.log(10), abs=0.3)  # cs231n's sanity check: chance-level loss
+    # cs231n's sanity check: chance-level loss
+    assert res["loss"] == pytest.approx(math.log(10), abs=0.3)
     assert res["cost"] == res["loss"]
-    assert a.evaluate(X, y, params, lam=0.1)["cost"] == pytest.approx(res["loss"] + 0.1 * (
-        np.sum(params["W1"] ** 2) + np.sum(params["W2"] ** 2)))
+    assert a.evaluate(X, y, params, lam=0.1)["cost"] == pytest.approx(
+        res["loss"] + 0.1 * (np.sum(params["W1"] ** 2) + np.sum(params["W2"] ** 2))
+    )
 
 
 def test_evaluate_in_chunks_equals_one_pass():
     rng = np.random.default_rng(2)
     X, y = rng.standard_normal((20, 103)), rng.integers(0, 10, 103)
     params = a.init_params(20, 7, rng)
-    whole, chunked = a.evaluate(X, y, params, 0.01, chunk=1000), a.evaluate(X, y, params, 0.01, chunk=10)
+    whole, chunked = (
+        a.evaluate(X, y, params, 0.01, chunk=1000),
+        a.evaluate(X, y, params, 0.01, chunk=10),
+    )
     assert whole["acc"] == chunked["acc"]
     assert whole["loss"] == pytest.approx(chunked["loss"], rel=1e-12)
     assert whole["acc"] == np.mean(a.predict(X, params) == y)
@@ -61,7 +74,10 @@ def test_evaluate_in_chunks_equals_one_pass():
 @pytest.mark.parametrize("n_s", [500, 800, 7])
 def test_cyclic_schedule_values(n_s):
     lo, hi = 1e-5, 1e-1
-    eta = lambda t: a.cyclic_eta(t, lo, hi, n_s)
+
+    def eta(t):
+        return a.cyclic_eta(t, lo, hi, n_s)
+
     assert eta(0) == lo
     assert eta(n_s) == pytest.approx(hi)
     assert eta(2 * n_s) == pytest.approx(lo)
@@ -72,7 +88,8 @@ def test_cyclic_schedule_values(n_s):
     steps = np.array([eta(t) for t in range(4 * n_s + 1)])
     assert steps.min() >= lo - 1e-15 and steps.max() <= hi + 1e-15
     np.testing.assert_allclose(np.diff(steps[: n_s + 1]), (hi - lo) / n_s)  # eq. 14: linear rise
-    np.testing.assert_allclose(np.diff(steps[n_s: 2 * n_s + 1]), -(hi - lo) / n_s)  # eq. 15: linear fall
+    # eq. 15: linear fall
+    np.testing.assert_allclose(np.diff(steps[n_s : 2 * n_s + 1]), -(hi - lo) / n_s)
 
 
 def test_eval_steps_about_ten_per_cycle():

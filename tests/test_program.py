@@ -1,25 +1,32 @@
-"""The program as a user runs it: import safety, --help, clear errors, the --quick pipeline end to end."""
+"""The program as a user runs it: import safety, --help, clear errors, the --quick pipeline end
+to end."""
+
 import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-
-import assignment2 as a
 from conftest import ROOT, write_batch
 
-import numpy as np
+import assignment2 as a
 
 
 def run_program(*args, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "assignment2.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "assignment2.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_import_runs_nothing_and_loads_neither_torch_nor_matplotlib():
-    code = ("import sys; import assignment2; "
-            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    code = (
+        "import sys; import assignment2; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
     assert out.stderr == ""
@@ -28,14 +35,27 @@ def test_import_runs_nothing_and_loads_neither_torch_nor_matplotlib():
 def test_help_lists_every_step():
     out = run_program("--help")
     assert out.returncode == 0
-    for word in ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final", "--quick", "--seed"):
+    for word in (
+        "gradcheck",
+        "overfit",
+        "fig3",
+        "fig4",
+        "coarse",
+        "fine",
+        "final",
+        "--quick",
+        "--seed",
+    ):
         assert word in out.stdout
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda d: None, "data folder not found"),
-    (lambda d: d.mkdir(), "missing data_batch_1"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: None, "data folder not found"),
+        (lambda d: d.mkdir(), "missing data_batch_1"),
+    ],
+)
 def test_missing_data_is_one_clear_line(tmp_path, make, message):
     folder = tmp_path / "cifar"
     make(folder)
@@ -53,10 +73,13 @@ def test_corrupt_batch_is_one_clear_line(tiny_cifar, tmp_path):
 
 
 def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
-    """The whole program in --quick mode on the shared CIFAR-10 copy, twice with one seed: same results.json."""
+    """The whole program in --quick mode on the shared CIFAR-10 copy, twice with one seed: same
+    results.json."""
     outs = [tmp_path / "one", tmp_path / "two"]
     for out_dir in outs:
-        out = run_program("--quick", "--data-dir", str(shared_data), "--out-dir", str(out_dir), "--seed", "3")
+        out = run_program(
+            "--quick", "--data-dir", str(shared_data), "--out-dir", str(out_dir), "--seed", "3"
+        )
         assert out.returncode == 0, out.stderr
         assert "== final took" in out.stdout
     res = json.loads((outs[0] / "results.json").read_text())
@@ -71,33 +94,68 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert "Figure 3" in text and "Final run" in text and "total" in text
     assert set(json.loads((outs[0] / "timings.json").read_text())) == {*a.STEPS, "total"}
     figures = {p.name for p in (outs[0] / "figures").glob("*.png")}
-    assert {"fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png", "fig3_schedule.png"} <= figures
-    assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(res["coarse"]["trials"])
+    assert {
+        "fig3.png",
+        "fig4.png",
+        "coarse.png",
+        "fine.png",
+        "final.png",
+        "fig3_schedule.png",
+    } <= figures
+    assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(
+        res["coarse"]["trials"]
+    )
 
     # the spread over seeds, then the report from these results
-    out = run_program("seeds", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
+    out = run_program(
+        "seeds", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3"
+    )
     assert out.returncode == 0, out.stderr
     seeds = json.loads((outs[0] / "results.json").read_text())["seeds"]
-    assert seeds["final"]["seeds"] == [3, 4] and seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
-    out = run_program("bonus", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
+    assert (
+        seeds["final"]["seeds"] == [3, 4]
+        and seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
+    )
+    out = run_program(
+        "bonus", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3"
+    )
     assert out.returncode == 0, out.stderr
     bonus = json.loads((outs[0] / "results_bonus.json").read_text())
-    assert list(bonus["ablation"]) == ["baseline", "width", "dropout", "mirroring", "translations", "nesterov",
-                                       "adam"]
+    assert list(bonus["ablation"]) == [
+        "baseline",
+        "width",
+        "dropout",
+        "mirroring",
+        "translations",
+        "nesterov",
+        "adam",
+    ]
     assert all("test_acc" in t for t in bonus["ablation"].values())
     assert bonus["range_test"]["eta_max"] in bonus["range_test"]["eta"]
     assert "Adam, linear decay" in (outs[0] / "results_bonus.txt").read_text()
-    assert len(bonus["select"]) == 2 and bonus["n_val_select"] == 500  # chosen on the search split's validation
+    # chosen on the search split's validation
+    assert len(bonus["select"]) == 2 and bonus["n_val_select"] == 500
     assert bonus["long"]["cfg"]["pca"] == 64 and 0.1 < bonus["long"]["test_acc"] < 1
-    assert bonus["long"]["cfg"]["lam"] == max(bonus["select"].values(), key=lambda t: t["val_acc"])["cfg"]["lam"]
-    assert "Final model (highest validation accuracy)" in (outs[0] / "results_bonus.txt").read_text()
+    assert (
+        bonus["long"]["cfg"]["lam"]
+        == max(bonus["select"].values(), key=lambda t: t["val_acc"])["cfg"]["lam"]
+    )
+    assert (
+        "Final model (highest validation accuracy)" in (outs[0] / "results_bonus.txt").read_text()
+    )
     assert len(bonus["longs"]) == 2 and bonus["long"] == bonus["longs"][bonus["long"]["name"]]
-    assert bonus["long_seeds"]["seeds"] == [3, 4] and bonus["long_seeds"]["test_acc"][0] == bonus["long"]["test_acc"]
+    assert (
+        bonus["long_seeds"]["seeds"] == [3, 4]
+        and bonus["long_seeds"]["test_acc"][0] == bonus["long"]["test_acc"]
+    )
     assert 0.1 < bonus["long"]["test_acc_mirror"] < 1 and "val_acc_mirror" in bonus["long"]
-    saved = dict(np.load(outs[0] / "models" / f"bonus_long_0.seed3.n{bonus['n_train']}.float32.npz"))  # pixel space
+    saved = dict(
+        np.load(outs[0] / "models" / f"bonus_long_0.seed3.n{bonus['n_train']}.float32.npz")
+    )  # pixel space
     assert saved["W1"].shape == (60, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
     assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png"} <= {
-        p.name for p in (outs[0] / "figures").iterdir()}
+        p.name for p in (outs[0] / "figures").iterdir()
+    }
     assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
     out = run_program("report", "--out-dir", str(outs[0]))
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,5 @@
 """The trainer, its refusals, divergence handling, and the resumable search."""
+
 import json
 import shutil
 from dataclasses import replace
@@ -22,10 +23,19 @@ def blobs(n, d=20, seed=0):
 QUIET = dict(log=lambda s: None)
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(n_s=0), "n_s=0"), (dict(eta_min=0.2, eta_max=0.1), "eta_min <= eta_max"), (dict(n_batch=1000), "n_batch"),
-    (dict(lam=-1e-3), "lam="), (dict(m=0), "m=0"), (dict(n_cycles=0), "n_cycles"), (dict(dtype="float16"), "dtype"),
-    (dict(eta_min=0.0), "0 < eta_min")])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(n_s=0), "n_s=0"),
+        (dict(eta_min=0.2, eta_max=0.1), "eta_min <= eta_max"),
+        (dict(n_batch=1000), "n_batch"),
+        (dict(lam=-1e-3), "lam="),
+        (dict(m=0), "m=0"),
+        (dict(n_cycles=0), "n_cycles"),
+        (dict(dtype="float16"), "dtype"),
+        (dict(eta_min=0.0), "0 < eta_min"),
+    ],
+)
 def test_invalid_hyper_parameters_refused_before_training(change, message):
     data = blobs(200)
     cfg = replace(a.Config(n_s=10), **change)
@@ -68,9 +78,12 @@ def test_same_seed_same_run_other_seed_other_run():
 def test_every_epoch_is_reshuffled(monkeypatch):
     seen = []
     real = a.backward
-    monkeypatch.setattr(a, "backward", lambda X, y, *args, **kw: (seen.append(y.copy()), real(X, y, *args, **kw))[1])
+    monkeypatch.setattr(
+        a, "backward", lambda X, y, *args, **kw: (seen.append(y.copy()), real(X, y, *args, **kw))[1]
+    )
     tr = blobs(40, seed=4)
-    a.run(tr, tr, a.Config(m=4, n_s=4, n_batch=10), np.random.default_rng(0), **QUIET)  # 8 steps = 2 epochs
+    # 8 steps = 2 epochs
+    a.run(tr, tr, a.Config(m=4, n_s=4, n_batch=10), np.random.default_rng(0), **QUIET)
     first, second = np.concatenate(seen[:4]), np.concatenate(seen[4:])
     assert sorted(first) == sorted(tr.y) == sorted(second)  # each epoch sees every image once
     assert list(first) != list(second)
@@ -79,7 +92,7 @@ def test_every_epoch_is_reshuffled(monkeypatch):
 def test_overfit_sanity_check_on_cifar(shared_data):
     """Exercise 2: 100 images, lam=0, 200 epochs: the training loss goes (nearly) to zero."""
     s = a.load_batch(shared_data / "data_batch_1")
-    small, = a.normalise(a.Split(s.X[:, :100], s.y[:100]), dtype="float32")
+    (small,) = a.normalise(a.Split(s.X[:, :100], s.y[:100]), dtype="float32")
     _, hist = a.run(small, small, a.Plan().overfit, np.random.default_rng(0), **QUIET)
     assert hist["train_loss"][0] > 2.0
     assert hist["train_loss"][-1] < 0.01
@@ -127,22 +140,29 @@ def test_search_resumes_after_an_interruption(tmp_path, monkeypatch):
         a.search("coarse", lams, base, tr, va, 0, path, **QUIET)
     assert len(path.read_text().splitlines()) == 2  # the finished trials were written at once
     with open(path, "a") as f:
-        f.write('{"lam": 0.01, "val_acc": 0.5, "ke')  # a line cut short by the interruption is ignored
+        # a line cut short by the interruption is ignored
+        f.write('{"lam": 0.01, "val_acc": 0.5, "ke')
 
     calls.clear()
     resumed = a.search("coarse", lams, base, tr, va, 0, path, **QUIET)
     assert calls == [1e-2, 1e-1]  # only what was missing ran
-    assert [t["val_acc"] for t in resumed] == [t["val_acc"] for t in full]  # and it gives the same answers
+    # and it gives the same answers
+    assert [t["val_acc"] for t in resumed] == [t["val_acc"] for t in full]
 
     calls.clear()
-    a.search("coarse", lams, base, tr, va, 1, path, **QUIET)  # another seed is another set of trials
+    # another seed is another set of trials
+    a.search("coarse", lams, base, tr, va, 1, path, **QUIET)
     assert len(calls) == 4
 
 
 def test_fine_range_is_one_grid_step_around_the_best():
     plan = a.Plan()
-    trials = [{"lam": lam, "val_acc": acc, "diverged": False}
-              for lam, acc in zip(10 ** np.linspace(-5, -1, 8), [0.40, 0.41, 0.45, 0.50, 0.47, 0.44, 0.42, 0.30])]
+    trials = [
+        {"lam": lam, "val_acc": acc, "diverged": False}
+        for lam, acc in zip(
+            10 ** np.linspace(-5, -1, 8), [0.40, 0.41, 0.45, 0.50, 0.47, 0.44, 0.42, 0.30]
+        )
+    ]
     lo, hi = a.fine_range(trials, plan)
     l_best = np.log10(trials[3]["lam"])
     assert (lo, hi) == pytest.approx((l_best - 4 / 7, l_best + 4 / 7))
@@ -155,14 +175,30 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("d,extra", [(40, dict()), (a.D, dict(optimizer="adam", p_drop=0.2, flip=True, shift=2)),
-                                     (40, dict(optimizer="nesterov", pca=12))])
+@pytest.mark.parametrize(
+    "d,extra",
+    [
+        (40, dict()),
+        (a.D, dict(optimizer="adam", p_drop=0.2, flip=True, shift=2)),
+        (40, dict(optimizer="nesterov", pca=12)),
+    ],
+)
 def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
     rng = np.random.default_rng(0)
     X = np.asfortranarray(rng.standard_normal((d, 300)))
     s = a.Split(X, rng.integers(0, 10, 300))
-    cfg = a.Config(m=7, lam=0.01, eta_max=0.02, n_s=9, n_cycles=2, n_batch=25, evals_per_cycle=3, dtype="float64",
-                   eval_train=False, **extra)
+    cfg = a.Config(
+        m=7,
+        lam=0.01,
+        eta_max=0.02,
+        n_s=9,
+        n_cycles=2,
+        n_batch=25,
+        evals_per_cycle=3,
+        dtype="float64",
+        eval_train=False,
+        **extra,
+    )
     whole = a.run(s, s, cfg, np.random.default_rng(1), log=lambda t: None)
     progress = (tmp_path / "p.npz", "this run")
     seen = []
@@ -177,15 +213,18 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, d, extra):
     assert progress[0].is_file()
     foreign, warnings = tmp_path / "foreign.npz", []
     shutil.copy(progress[0], foreign)
-    assert runfiles.load_progress(foreign, "another run", warnings.append) is None  # other settings: not used, ...
-    assert not foreign.exists() and len(list(tmp_path.glob("foreign.npz.set-aside-*"))) == 1  # ... set aside
+    # other settings: not used, ...
+    assert runfiles.load_progress(foreign, "another run", warnings.append) is None
+    # ... set aside
+    assert not foreign.exists() and len(list(tmp_path.glob("foreign.npz.set-aside-*"))) == 1
     assert len(warnings) == 1 and "belongs to another run" in warnings[0]
     lines = []
     resumed = a.run(s, s, cfg, np.random.default_rng(1), log=lines.append, progress=progress)
     assert "resumed at step 6/36" in lines[0]
     for k in whole[0]:
         np.testing.assert_array_equal(resumed[0][k], whole[0][k])
-    assert resumed[1] == whole[1] or str(resumed[1]) == str(whole[1])  # nan != nan, so compare the text too
+    # nan != nan, so compare the text too
+    assert resumed[1] == whole[1] or str(resumed[1]) == str(whole[1])
 
 
 def _progress_file(tmp_path, meta, **arrays):
@@ -194,7 +233,9 @@ def _progress_file(tmp_path, meta, **arrays):
     return path
 
 
-@pytest.mark.parametrize("kind", ["not a zip", "meta not a dict", "bad step", "bad rng", "wrong shape"])
+@pytest.mark.parametrize(
+    "kind", ["not a zip", "meta not a dict", "bad step", "bad rng", "wrong shape"]
+)
 def test_a_damaged_progress_file_is_set_aside_and_the_run_starts_again(tmp_path, kind):
     rng_state = np.random.default_rng(0).bit_generator.state
     meta = {"tag": "tag", "t": 3, "seconds": 1.0, "rng": rng_state, "hist": {}}
@@ -206,18 +247,27 @@ def test_a_damaged_progress_file_is_set_aside_and_the_run_starts_again(tmp_path,
     elif kind == "bad step":
         path = _progress_file(tmp_path, meta | {"t": -5}, perm=np.arange(4))
     elif kind == "bad rng":
-        path = _progress_file(tmp_path, meta | {"rng": {"bit_generator": "nonsense"}}, perm=np.arange(4))
+        path = _progress_file(
+            tmp_path, meta | {"rng": {"bit_generator": "nonsense"}}, perm=np.arange(4)
+        )
     else:
         path = _progress_file(tmp_path, meta, perm=np.arange(3))
     warnings = []
     assert runfiles.load_progress(path, "tag", warnings.append, like={"perm": np.arange(4)}) is None
     assert len(warnings) == 1 and str(path) in warnings[0] and "set aside" in warnings[0]
-    assert not path.exists() and len(list(tmp_path.glob("p.npz.set-aside-*"))) == 1  # renamed, not deleted
+    # renamed, not deleted
+    assert not path.exists() and len(list(tmp_path.glob("p.npz.set-aside-*"))) == 1
     assert runfiles.load_progress(tmp_path / "missing.npz", "tag") is None
 
 
 def test_a_good_progress_file_is_read(tmp_path):
-    meta = {"tag": "tag", "t": 3, "seconds": 1.0, "rng": np.random.default_rng(0).bit_generator.state, "hist": {}}
+    meta = {
+        "tag": "tag",
+        "t": 3,
+        "seconds": 1.0,
+        "rng": np.random.default_rng(0).bit_generator.state,
+        "hist": {},
+    }
     path = _progress_file(tmp_path, meta, perm=np.arange(4))
     got_meta, arrays = runfiles.load_progress(path, "tag", like={"perm": np.arange(4)})
     assert got_meta == meta and arrays["perm"].tolist() == [0, 1, 2, 3]
