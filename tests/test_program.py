@@ -2,6 +2,7 @@
 to end."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -185,3 +186,20 @@ def test_report_without_results_is_a_clear_error(tmp_path):
     out = run_program("report", "--out-dir", str(tmp_path))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "results.json: not found" in out.stderr
+
+
+def test_the_readme_notebook_snippet_runs_as_written(shared_data, tmp_path):
+    """The "Use it from a notebook" block of README.md, run as it stands there, with only its data
+    path pointed at the tests' copy of the batches."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Use it from a notebook") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    assert 'data = "data/cifar-10-batches-py"' in code
+    code = code.replace('"data/cifar-10-batches-py"', repr(str(shared_data)), 1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = eval(out.stdout.strip().splitlines()[-1])  # the printed evaluate() dict
+    assert set(result) == {"loss", "cost", "acc"} and 0.3 < result["acc"] < 0.6
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
