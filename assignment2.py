@@ -1348,6 +1348,8 @@ def main(argv=None) -> int:
                 save_run(out_dir, results, timings | {"total": round(total, 2)})
         print(f"done in {total:.1f} s: {out_dir / 'results.txt'}, {out_dir / 'results.json'}, "
               f"{out_dir / 'figures'}")
+        if out_dir != PROJECT_DIR:
+            print(f"its report: python3 assignment2.py report --out-dir {out_dir}")
         return 0
     except (DataError, ConfigError, Diverged, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
