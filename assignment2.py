@@ -83,20 +83,15 @@ class Config:
     n_cycles: int = 1  # full cycles of 2 * n_s steps
     n_batch: int = 100  # images per mini-batch
     evals_per_cycle: int = 10  # points on the training curves per cycle
-    # evaluate the full training set at every point (searches only need it at the end)
-    eval_train: bool = True
+    eval_train: bool = True  # evaluate the training set at every point (searches: at the end)
     dtype: str = "float32"  # training precision; gradient checks always use float64
     # Exercise 5 (the defaults leave them off, so the runs above are the spec's)
     p_drop: float = 0.0  # probability of dropping a hidden unit in training (inverted dropout)
     flip: bool = False  # mirror each training image left-right with probability 1/2
-    # translate each training image by tx, ty in [-shift, shift] pixels, edges replicated
-    shift: int = 0
-    # train W1 within the top-pca principal directions of the training images (0: all of pixel
-    # space)
-    pca: int = 0
+    shift: int = 0  # move each image by tx, ty in [-shift, shift] pixels, edges replicated
+    pca: int = 0  # train W1 in the top-pca principal directions (0: all of pixel space)
     optimizer: str = "sgd"  # sgd (eqs. 10-11), nesterov, adam
-    # cyclic (eqs. 14-15), linear (eta_max down to 0), range (eta_min up to eta_max)
-    schedule: str = "cyclic"
+    schedule: str = "cyclic"  # cyclic (eqs. 14-15), linear (eta_max to 0), range (to eta_max)
     momentum: float = 0.9  # Nesterov momentum
     beta1: float = 0.9  # Adam's decay of the first moment
     beta2: float = 0.999  # Adam's decay of the second moment
@@ -221,8 +216,7 @@ def load_batch(path: Path) -> Split:
             or data.shape[1] != D):
         shape = getattr(data, "shape", None)
         raise DataError(f"{path}: b'data' must be a uint8 array of shape (n, {D}), got "
-                        f"{type(data).__name__} "
-                        f"{getattr(data, 'dtype', '')} {shape}")
+                        f"{type(data).__name__} {getattr(data, 'dtype', '')} {shape}")
     labels = _labels(batch[b"labels"], data.shape[0], path)
     if labels.size and (labels.min() < 0 or labels.max() >= K):
         raise DataError(f"{path}: labels outside 0..{K - 1} (found {labels.min()}..{labels.max()})")
@@ -356,8 +350,7 @@ def penalty(params: dict, lam: float) -> float:
 def cross_entropy(P: np.ndarray, y: np.ndarray) -> float:
     """Mean of eq. (8), -log p_y, over the columns of P."""
     p_y = P[y, np.arange(y.size)].astype(np.float64)
-    # tiny: log(0) would be -inf
-    return float(-np.mean(np.log(np.maximum(p_y, np.finfo(P.dtype).tiny))))
+    return float(-np.mean(np.log(np.maximum(p_y, np.finfo(P.dtype).tiny))))  # no log(0) = -inf
 
 
 def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk: int = 10000,
@@ -652,10 +645,8 @@ class Plan:
     """Sizes and settings of every experiment in main(); quick_plan() shrinks them for smoke
     tests."""
     fig3: Config = Config()  # Exercise 3: one cycle, n_s = 500, lam = 0.01
-    # Exercise 4: three cycles, n_s = 800
-    fig4: Config = Config(n_s=800, n_cycles=3, evals_per_cycle=9)
-    # 200 epochs of 100 images
-    overfit: Config = Config(lam=0.0, eta_min=0.05, eta_max=0.05, n_s=1000, n_batch=10)
+    fig4: Config = Config(n_s=800, n_cycles=3, evals_per_cycle=9)  # Exercise 4: three cycles
+    overfit: Config = Config(lam=0.0, eta_min=0.05, eta_max=0.05, n_s=1000, n_batch=10)  # 200 ep.
     overfit_n: int = 100  # training images for the overfitting sanity check
     limit: int | None = None  # use at most this many training images per stage (quick mode)
     n_val_search: int = 5000  # validation images held out of the five batches during the search
@@ -1304,8 +1295,7 @@ def run_steps(ctx: Context, steps: list[str], results: dict, timings: dict) -> f
         timings[step] = round(seconds, 2)
         save_run(ctx.out_dir, results, timings)
         how = " of training, its trials' times summed" if step == "bonus" else ""
-        print(f"== {step} took {seconds:.1f} s{how}",
-              flush=True)
+        print(f"== {step} took {seconds:.1f} s{how}", flush=True)
     return time.perf_counter() - t_start
 
 
