@@ -4,6 +4,7 @@ matrix-product peak.
     python benchmarks/bench_train.py              # m=50 on 49,000 images, m=1000 on 10,000
     python benchmarks/bench_train.py --repeats 3 --skip-wide
     python benchmarks/bench_train.py --augment    # m=50: augmented (mirror + shift) vs plain
+    python benchmarks/bench_train.py --recipe     # m=4096 in 512 PCs, augmented, vs torch
 
 All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the
 cyclic schedule. The project's epoch is timed through assignment2.run(), the code path the program
@@ -56,7 +57,7 @@ class SetupClock:
         a.augment_source = self.real
 
 
-def project_epoch(tr, va, m, B, epochs=3, setups=None, **extra):
+def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
     """Seconds for one epoch of assignment2's training: (run(epochs) - run(1 epoch)) / (epochs -
     1), without the one-time augmentation layout, whose seconds per run are appended to setups.
     extra: Config fields such as flip, shift or p_drop (Exercise 5)."""
@@ -67,7 +68,7 @@ def project_epoch(tr, va, m, B, epochs=3, setups=None, **extra):
         cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **extra)
         with SetupClock() as setup:
             t0 = time.perf_counter()
-            a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None)
+            a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None, basis=basis)
             times.append(time.perf_counter() - t0 - setup.seconds)
         steps.append(2 * n_s)
         if setups is not None and setup.seconds:
@@ -147,6 +148,66 @@ def augment_ratio(repeats, m=50, n=49000, B=100):
     print(f"plain_s={p_med:.3f} augmented_s={a_med:.3f} augmented_ratio={a_med / p_med:.3f}")
 
 
+def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift):
+    """One epoch of Exercise 5's wide recipe written with torch autograd, the way a torch user
+    would: the same augmented gather (mirror, +-shift crops, from assignment2.augment_source), the
+    projection onto the principal directions, the network on V (m, k), cross-entropy plus
+    lam ||W||^2 (weight decay 2 lam on the weights) and torch.optim.SGD with Nesterov momentum 0.9
+    and a linear decay. The one-time layout of the images is not timed, as in project_epoch."""
+    import torch
+
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    windows = a.augment_source(np.ascontiguousarray(tr.X.T), True, shift)
+    U, y, k = torch.from_numpy(basis), torch.from_numpy(tr.y), basis.shape[1]
+    V = (torch.randn(m, k, generator=g) / math.sqrt(k)).requires_grad_()
+    W2 = (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_()
+    b1, b2 = torch.zeros(m, requires_grad=True), torch.zeros(a.K, requires_grad=True)
+    groups = [{"params": [V, W2], "weight_decay": 2 * lam}, {"params": [b1, b2]}]
+    opt = torch.optim.SGD(groups, lr=eta, momentum=0.9, nesterov=True)
+    per_epoch = tr.n // B
+    t0 = time.perf_counter()
+    perm = rng.permutation(tr.n)
+    for t in range(per_epoch):
+        idx = perm[t * B : (t + 1) * B]
+        f, (oy, ox) = rng.integers(0, 2, B), rng.integers(0, 2 * shift + 1, (2, B))
+        Xb = torch.from_numpy(a.augmented_batch(windows, idx, f, oy, ox)) @ U  # (B, k)
+        S = torch.relu(Xb @ V.T + b1) @ W2.T + b2  # (B, K)
+        loss = torch.nn.functional.cross_entropy(S, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = eta * (1 - t / per_epoch)
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, eta=0.02, shift=3):
+    """Issue 11's speed target: the project's trainer against a torch autograd loop of the same
+    step at a width the wide recipe uses: W1 in the top k principal directions, mirroring and
+    +-3 pixel shifts, Nesterov momentum with a linear decay, no dropout. Interleaved, medians."""
+    import torch
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    tr, va = synthetic(n, rng), synthetic(1000, rng)
+    basis = a.pca_basis(np.ascontiguousarray(tr.X.T), k)  # (d, k), once for both
+    cfg = dict(
+        pca=k, flip=True, shift=shift, optimizer="nesterov", schedule="linear", eta_max=eta, lam=lam
+    )
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(project_epoch(tr, va, m, B, epochs=3, basis=basis, **cfg))
+        theirs.append(torch_recipe_epoch(tr, m, B, basis, lam, eta, shift))
+        time.sleep(1.0)  # torch's OpenMP workers go to sleep before numpy needs both cores
+    (o_med, o_min), (t_med, t_min) = stats(ours), stats(theirs)
+    print(
+        f"m={m}, top {k} PCs, mirror + shifts, Nesterov, {n} images: ours "
+        f"{o_med:.3f}/{o_min:.3f} s per epoch, torch autograd {t_med:.3f}/{t_min:.3f} s "
+        "(median/min)"
+    )
+    print(f"recipe_epoch_s={o_med:.3f} recipe_torch_s={t_med:.3f} recipe_ratio={o_med / t_med:.3f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,9 +217,18 @@ def main(argv=None):
     p.add_argument(
         "--augment", action="store_true", help="only time the augmented epoch against the plain one"
     )
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="only time Exercise 5's wide recipe "
+        "(m=4096 in the top 512 principal directions) against torch autograd",
+    )
+    p.add_argument("--m", type=int, default=4096, help="width for --recipe (default: 4096)")
     args = p.parse_args(argv)
     if args.augment:
         return augment_ratio(args.repeats)
+    if args.recipe:
+        return recipe_ratio(args.repeats, m=args.m)
     import torch
 
     # the project's numpy uses both cores through OpenBLAS; give torch the same
