@@ -36,13 +36,16 @@ def read_results(path: Path, remedy: str) -> dict:
     return res
 
 
-def check_inputs(out_dir: Path, steps, figures) -> None:
+def check_results(out_dir: Path) -> None:
     res = read_results(out_dir / "results.json",
                        "run `python3 assignment2.py` (then `seeds`) before `report`")
-    if missing := [k for k in steps if k not in res]:
+    if missing := [k for k in STEPS if k not in res]:
         raise ReportError(f"{out_dir / 'results.json'}: no results for {', '.join(missing)}; "
                           f"run those steps first")
     read_results(out_dir / "timings.json", "run `python3 assignment2.py` again")
+
+
+def check_figures(out_dir: Path, figures) -> None:
     if absent := [f for f in figures if not (out_dir / "figures" / f).is_file()]:
         raise ReportError(f"{out_dir / 'figures'}: the report needs {', '.join(absent)}; run the "
                           f"steps that draw them")
@@ -63,11 +66,12 @@ def compile_pdf(template: Path, out_dir: Path) -> bytes:
 def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
     """report/report.pdf under out_dir, and report/bonus.pdf when results_bonus.json is there."""
     out_dir = Path(out_dir)
-    check_inputs(out_dir, STEPS, FIGURES)
+    check_results(out_dir)
+    check_figures(out_dir, FIGURES)
     jobs = ["report"]
     if (out_dir / "results_bonus.json").is_file():
         read_results(out_dir / "results_bonus.json", "run `python3 assignment2.py bonus` again")
-        check_inputs(out_dir, (), BONUS_FIGURES)
+        check_figures(out_dir, BONUS_FIGURES)
         jobs.append("bonus")
     pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled
