@@ -471,8 +471,21 @@ def move_aside(folder: Path, names, dest: Path) -> Path:
 # Run folders: what a folder of results belongs to, so that no run destroys another's
 
 # What --replace moves aside; the trial caches stay, since each trial names what made it.
+def without_clock(value):
+    """value without the wall-clock times of its training curves ("seconds" beside "step"): the
+    one thing that makes results.json differ between two runs of one seed (timings.json has the
+    times)."""
+    if isinstance(value, dict):
+        return {k: without_clock(v) for k, v in value.items()
+                if not (k == "seconds" and "step" in value)}
+    if isinstance(value, list):
+        return [without_clock(v) for v in value]
+    return value
+
+
 RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "results_bonus.json",
-               "results_bonus.txt", "figures", "report/report.pdf", "report/bonus.pdf")
+               "results_bonus.txt", "results_explore.json", "results_explore.txt", "figures",
+               "report/report.pdf", "report/bonus.pdf")
 
 
 def identity(seed: int, quick: bool, dtype: str, data_files) -> dict:
