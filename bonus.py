@@ -1,20 +1,22 @@
 """Exercise 5 of DD2424 Assignment 2, the experiment: how far the two-layer network of
-assignment2.py gets with its Exercise 5 mechanisms (width, dropout, augmentation, Nesterov momentum,
-Adam, W1 in a principal subspace), stated as named configs and run by one driver.
+assignment2.py gets with its Exercise 5 mechanisms (width, augmentation, Nesterov momentum, W1 in a
+principal subspace; dropout and Adam in the ablation), stated as named configs, run by one driver.
 
-    python assignment2.py bonus          # about two hours on 2 cores; --quick: seconds
+    python assignment2.py bonus      # the recipe, 6 networks: about 85 minutes on 2 cores
+    python assignment2.py explore    # the ablation at the recipe's budget on 45,000 / 5,000: hours
 
-Each stage is a dict {name: Config} built from the settings below and from what earlier stages
-found (the range test sets eta_max, the wide net's lam comes from its own search, the ablation's
-winner is trained wider and longer, validation picks the final model). Every trial is appended to
-bonus.jsonl as it finishes, so a rerun resumes; results_bonus.json holds each stage's trials keyed
-by name, and report/bonus.typ looks them up by those names. Selection uses validation accuracy only;
-each trained network meets the test set once.
+The recipe (one hidden layer of m units, W1 trained in the top principal directions, mirroring and
+shifts, Nesterov momentum with a linearly decaying eta, no dropout) is trained `members` times with
+consecutive seeds; averaging the logits of k networks is one wider two-layer network (hidden units
+concatenated, W2 scaled by 1/k), and validation picks how many to concatenate. The same is done
+with the next seeds, so the final settings are measured twice. Every trial is appended to
+bonus.jsonl as it finishes, so a rerun resumes; results_bonus.json holds the trials keyed by name
+and report/bonus.typ looks them up by those names. Each trained network meets the test set once.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,193 +29,195 @@ from runfiles import write_atomic
 
 @dataclass(frozen=True)
 class Exercise5:
-    """The experiment's settings; QUICK shrinks them for smoke tests."""
-    m: int = 1000  # hidden units of the wide network
-    range_eta: tuple = (1e-5, 0.5)  # eta rises linearly over this range in the range test ...
-    range_epochs: int = 2  # ... for this many epochs
-    lams: tuple = (1e-4, 1e-3, 1e-2)  # lam tried for the wide network ...
-    lam_cycles: int = 2  # ... for this many cycles of n_s = 2 epochs each
-    cycles: int = 3  # the ablation's budget: cycles of n_s = 2 epochs per row
-    p_drop: float = 0.3  # dropout probability of the hidden units
-    shift: int = 3  # translations tx, ty in [-3, 3] pixels, as the spec suggests
+    """The recipe and the experiment's sizes; QUICK shrinks them for smoke tests."""
+    m: int = 4096  # hidden units of one network
+    pca: int = 512  # W1 is trained in the top pca principal directions of the training images
+    lam: float = 2.5e-4  # L2 penalty of eq. 7 (torch's weight decay 5e-4 on the weights)
+    eta: float = 0.02  # Nesterov momentum 0.9, eta falls linearly from here to 0 ...
+    epochs: int = 140  # ... over this many epochs of batches of 100
+    shift: int = 3  # every image mirrored with probability 1/2 and moved by up to 3 pixels
+    points: int = 15  # evaluation points on each curve
+    members: int = 3  # the final network: up to this many runs, hidden units concatenated
+    seeds: int = 2  # ... all made again with the next seeds: members * seeds runs
+    cyclic_eta: float = 0.075  # the ablation's cyclic SGD: eta_max (the earlier range test's) ...
+    cycles: int = 3  # ... over this many cycles
     adam_eta: float = 1e-3  # Adam's suggested step size (Kingma and Ba)
-    best_m: int = 2000  # the ablation's best row, wider ...
-    best_cycles: int = 5  # ... and longer
-    pca: int = 512  # principal directions W1 is trained in
-    select_m: int = 4000  # hidden units while lam and dropout are chosen ...
-    select: tuple = ((1e-5, 0.3), (1e-4, 0.3), (5e-4, 0.3), (1e-4, 0.5))  # ... among (lam, p_drop)
-    select_cycles: int = 2  # ... on 45,000 / 5,000 images, cycles of n_s = 2 epochs
-    long: tuple = ((4000, 6, 4), (8000, 6, 4))  # long runs: (m, n_s in epochs, cycles)
-    seeds: int = 2  # the final settings trained with this many seeds (the run's own and the next)
 
 
-QUICK = Exercise5(m=30, lams=(1e-4, 1e-2), lam_cycles=1, cycles=1, best_m=40, best_cycles=1, pca=64,
-                  select_m=60, select=((1e-4, 0.3), (1e-3, 0.5)), select_cycles=1,
-                  long=((60, 1, 1), (80, 1, 1)))
+QUICK = Exercise5(m=40, pca=64, epochs=2, points=2, members=2, cycles=1)
 
 
 # --------------------------------------------------------------------------------------------------
 # The stages as data
 
-def range_test(x: Exercise5, lam: float, per_epoch: int) -> dict:
-    """Smith's learning-rate range test: eta rises linearly while validation accuracy is
-    recorded."""
-    return {"range test": Config(m=x.m, lam=lam, eta_min=x.range_eta[0], eta_max=x.range_eta[1],
-                                 n_s=per_epoch * x.range_epochs // 2, schedule="range",
-                                 evals_per_cycle=20, eval_train=False)}
+def recipe(x: Exercise5, per_epoch: int) -> Config:
+    """One network of the recipe: per_epoch update steps make an epoch."""
+    return Config(m=x.m, lam=x.lam, eta_max=x.eta, n_s=x.epochs * per_epoch // 2, n_cycles=1,
+                  optimizer="nesterov", schedule="linear", flip=True, shift=x.shift, pca=x.pca,
+                  evals_per_cycle=x.points, eval_train=False)
 
 
-def wide_lams(x: Exercise5, eta_max: float, n_s: int) -> dict:
-    wide = Config(m=x.m, eta_max=eta_max, n_s=n_s, n_cycles=x.lam_cycles, eval_train=False)
-    return {f"lam={lam:g}": replace(wide, lam=lam) for lam in x.lams}
+def ablation(x: Exercise5, per_epoch: int) -> dict:
+    """One change per row from the recipe, each at the recipe's budget (the same epochs)."""
+    base = recipe(x, per_epoch)
+    total = 2 * base.n_s  # update steps of every row
+    return {"recipe": base,
+            "cyclic SGD (eqs. 14-15)": replace(base, optimizer="sgd", schedule="cyclic",
+                                               eta_max=x.cyclic_eta, n_s=total // (2 * x.cycles),
+                                               n_cycles=x.cycles,
+                                               evals_per_cycle=max(1, x.points // x.cycles)),
+            "Adam": replace(base, optimizer="adam", eta_max=x.adam_eta),
+            f"lam={x.lam / 25:g}": replace(base, lam=x.lam / 25),
+            f"lam={x.lam * 4:g}": replace(base, lam=x.lam * 4),
+            "no translations": replace(base, shift=0),
+            "no augmentation": replace(base, shift=0, flip=False),
+            "dropout 0.3": replace(base, p_drop=0.3),
+            f"m={2 * x.m}": replace(base, m=2 * x.m)}
 
 
-def ablation(x: Exercise5, lam50: float, lam_wide: float, eta_max: float, n_s: int) -> dict:
-    """One change per row on one budget; the last two rows swap cyclic SGD for another optimiser."""
-    base = Config(lam=lam50, n_s=n_s, n_cycles=x.cycles, eval_train=False)
-    wide = replace(base, m=x.m, lam=lam_wide, eta_max=eta_max)
-    drop = replace(wide, p_drop=x.p_drop)
-    flip = replace(drop, flip=True)
-    aug = replace(flip, shift=x.shift)
-    return {"baseline": base, "width": wide, "dropout": drop, "mirroring": flip,
-            "translations": aug,
-            # momentum 0.9 takes steps about 1 / (1 - 0.9) times eta: start at eta_max / 10
-            "nesterov": replace(aug, optimizer="nesterov", schedule="linear",
-                                eta_max=eta_max * (1 - aug.momentum)),
-            "adam": replace(aug, optimizer="adam", schedule="linear", eta_max=x.adam_eta)}
+# --------------------------------------------------------------------------------------------------
+# Networks made of networks
+
+def concatenate(nets: list[dict]) -> dict:
+    """The two-layer network whose scores are the mean of the nets' scores (eq. 3): hidden units
+    side by side, W2 and b2 divided by their number. It is one network of sum(m) hidden units."""
+    k = len(nets)
+    return {"W1": np.concatenate([p["W1"] for p in nets]),  # (k m, d)
+            "b1": np.concatenate([p["b1"] for p in nets]),  # (k m, 1)
+            "W2": np.concatenate([p["W2"] for p in nets], axis=1) / k,  # (K, k m)
+            "b2": sum(p["b2"] for p in nets) / k}  # (K, 1)
 
 
-def ablation_labels(x: Exercise5) -> dict:
-    return {"baseline": "baseline (m=50)", "width": f"+ width (m={x.m})",
-            "dropout": f"+ dropout {x.p_drop}", "mirroring": "+ mirroring",
-            "translations": f"+ translations (+-{x.shift})", "nesterov": "Nesterov, linear decay",
-            "adam": "Adam, linear decay"}
+def measure(params: dict, splits: tuple, lam: float) -> dict:
+    """Validation and test accuracy, plain and with mirrored averaging."""
+    _, va, te = splits
+    return {f"{s}_acc{tail}": a.evaluate(d.X, d.y, params, lam, mirror=mirror)["acc"]
+            for s, d in (("val", va), ("test", te)) for tail, mirror in (("", False),
+                                                                          ("_mirror", True))}
 
 
-def selection(x: Exercise5, row: Config, n_s: int) -> dict:
-    """lam and dropout for a wide net with W1 in the principal subspace, on the search split."""
-    big = replace(row, m=x.select_m, pca=x.pca, n_s=n_s, n_cycles=x.select_cycles)
-    return {f"lam={lam:g}, p_drop={p:g}": replace(big, lam=lam, p_drop=p) for lam, p in x.select}
-
-
-def long_runs(x: Exercise5, pick: Config, per_epoch: int) -> dict:
-    cfgs = [replace(pick, m=m, n_s=ns * per_epoch, n_cycles=cycles, evals_per_cycle=4)
-            for m, ns, cycles in x.long]
-    return {f"m={c.m}, top {c.pca} PCs, lam={c.lam:g}, p_drop={c.p_drop:g}, "
-            f"{2 * c.n_s * c.n_cycles // per_epoch} epochs": c for c in cfgs}
+def chosen_acc(t: dict) -> tuple:
+    """The test accuracy of a network with the evaluation that validation prefers: mirrored
+    averaging only when it raised the validation accuracy (the test set plays no part)."""
+    if t.get("val_acc_mirror") is not None and t["val_acc_mirror"] > t["val_acc"]:
+        return t["test_acc_mirror"], "mirrored"
+    return t["test_acc"], "plain"
 
 
 # --------------------------------------------------------------------------------------------------
 # The driver
 
 def stage(ctx, name: str, cfgs: dict, which: str = "final", seed: int | None = None,
-          labels: dict | None = None, basis=None, **record) -> dict:
-    """Run one stage's trials on the splits `which` (assignment2.run_trials): {name: trial}. Each
-    trial's "name" is its label (default: its name); record: what else to keep (a.Stage)."""
-    trials = tuple(((labels or {}).get(k, k), cfg) for k, cfg in cfgs.items())
+          basis=None, **record) -> dict:
+    """Run one stage's trials on the splits `which` (assignment2.run_trials): {name: trial};
+    record: what else to keep (a.Stage)."""
     seed = ctx.seed if seed is None else seed
-    done = a.run_trials(a.Stage(name, trials, **record), ctx.data(which), seed,
+    done = a.run_trials(a.Stage(name, tuple(cfgs.items()), **record), ctx.data(which), seed,
                         ctx.out_dir / "bonus.jsonl", ctx.log, basis)
     return dict(zip(cfgs, done))
 
 
-def only(trials: dict) -> dict:
-    """The one trial of a one-trial stage."""
-    [trial] = trials.values()
-    return trial
-
-
 def run(ctx) -> dict:
-    """Every stage in order; returns what results_bonus.json holds."""
+    """The recipe's networks, then the networks made of them; returns results_bonus.json."""
     x = QUICK if ctx.plan.quick else Exercise5()
-    tr, va, _ = ctx.data("final")
-    per_epoch, lam50 = tr.n // Config.n_batch, ctx.need("final")["lam"]
-    n_s = a.search_ns(ctx.plan, tr.n, Config.n_batch)
+    splits = ctx.data("final")
+    tr, va, _ = splits
+    cfg = recipe(x, tr.n // Config.n_batch)
     plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), x.shift)
-
-    rt = only(stage(ctx, "bonus_range", range_test(x, lam50, per_epoch), history=True))
-    # where validation accuracy peaks; a rate high enough to diverge ends the test early (nan after)
-    eta_max = rt["history"]["eta"][int(np.nanargmax(np.array(rt["history"]["val_acc"], float)))]
-    plot_range_test(rt["history"], ctx.figure("bonus_range_test.png"), eta_max)
-    ctx.log(f"bonus: range test puts eta_max at {eta_max:.4g}")
-    lams = stage(ctx, "bonus_lam", wide_lams(x, eta_max, n_s))
-    lam_wide = a.top_trials(list(lams.values()), 1)[0]["lam"]
-
-    rows = ablation(x, lam50, lam_wide, eta_max, n_s)
-    abl = stage(ctx, "bonus_ablation", rows, labels=ablation_labels(x), test=True)
-    winner = a.top_trials(list(abl.values()), 1)[0]
-    best_cfg = replace(Config(**winner["cfg"]), m=x.best_m, n_cycles=x.best_cycles)
-    best = only(stage(ctx, "bonus_best", {f"{winner['name']}, m={x.best_m}, {x.best_cycles} cycles":
-                                          best_cfg}, test=True, verbose=True, history=True))
-    if not best["diverged"]:
-        a.plot_curves(best["history"], ctx.figure("bonus_best.png"),
-                      f"{best['name']}: test accuracy {pct(best['test_acc'])}")
-
-    # Wider and longer for less: W1 trained in the top principal directions. First the ablation's
-    # budget with only that changed; then lam and dropout for a wide net chosen on 5,000 validation
-    # images, and long runs on 49,000 / 1,000, of which validation picks the final model.
-    basis = ctx.basis("final", x.pca)  # one eigendecomposition for every pca trial on this split
+    basis = ctx.basis("final", x.pca)  # one eigendecomposition for every network
     kept = a.pca_variance_kept(np.ascontiguousarray(tr.X.T), basis)
     ctx.log(f"bonus: the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
-    pca_row = only(stage(ctx, "bonus_pca", {f"+ translations, W1 in top {x.pca} PCs":
-                                            replace(rows["translations"], pca=x.pca)},
-                         test=True, basis=basis))
-    s_tr = ctx.data("search")[0]
-    s_ns = a.search_ns(ctx.plan, s_tr.n, Config.n_batch)
-    select = stage(ctx, "bonus_select", selection(x, rows["translations"], s_ns), which="search",
-                   basis=ctx.basis("search", x.pca))
-    pick = Config(**a.top_trials(list(select.values()), 1)[0]["cfg"])
-    longs = stage(ctx, "bonus_long", long_runs(x, pick, per_epoch), test=True, history=True,
-                  mirror=True, save_dir=ctx.out_dir / "models", verbose=True, basis=basis)
-    ok = [t for t in longs.values() if not t["diverged"]]
-    if not ok:
-        raise a.Diverged("every long run diverged")
-    long = max(ok, key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))  # validation picks
-    a.plot_curves(long["history"], ctx.figure("bonus_long.png"),
-                  f"{long['name']}: test accuracy {pct(long['test_acc'])}, "
-                  f"mirrored {pct(long['test_acc_mirror'])}")
-    again = [only(stage(ctx, "bonus_long_seed", {f"{long['name']}, seed {s}":
-                                                 Config(**long["cfg"])},
-                        seed=s, test=True, mirror=True, verbose=True, basis=basis))
-             for s in range(ctx.seed + 1, ctx.seed + x.seeds)]
-    runs = [long, *again]
-    everything = [rt, *lams.values(), *abl.values(), best, pca_row, *select.values(),
-                  *longs.values(), *again]
-    return {"n_train": tr.n, "n_val": va.n,
-            "range_test": {"eta_max": eta_max, "cfg": rt["cfg"], "eta": rt["history"]["eta"],
-                           "val_acc": rt["history"]["val_acc"]},
-            "wide_lam": clean_all(lams), "lam_wide": lam_wide, "ablation": clean_all(abl),
-            "best": clean(best), "pca_variance_kept": kept, "pca_row": clean(pca_row),
-            "n_train_select": s_tr.n, "n_val_select": ctx.data("search")[1].n,
-            "select": clean_all(select), "longs": clean_all(longs), "long": clean(long),
-            "long_seeds": {"seeds": [t["seed"] for t in runs]} | {
-                q: [t.get(q) for t in runs]
-                for q in ("val_acc", "test_acc", "val_acc_mirror", "test_acc_mirror")},
-            "train_seconds": round(sum(t["seconds"] for t in everything), 1)}
+    models = ctx.out_dir / "models"
+    record = dict(test=True, mirror=True, history=True, save_dir=models, verbose=True, basis=basis)
+    seeds = range(ctx.seed, ctx.seed + x.members * x.seeds)
+    nets = {}
+    for s in seeds:
+        [trial] = stage(ctx, "bonus_recipe", {f"seed {s}": cfg}, seed=s, **record).values()
+        if trial["diverged"]:
+            raise a.Diverged(f"the recipe diverged with seed {s}")
+        nets[trial["name"]] = trial
+    groups = []  # per group of seeds: the networks of its first 1, 2, ..., members runs
+    for g in range(x.seeds):
+        runs = list(nets.values())[g * x.members:(g + 1) * x.members]
+        groups.append([combined(runs[:k], splits, cfg, models) for k in range(1, x.members + 1)])
+    pick = max(range(x.members), key=lambda k: max(groups[0][k]["val_acc"],
+                                                   groups[0][k]["val_acc_mirror"]))
+    finals = [group[pick] | chosen(group[pick]) for group in groups]  # validation picks k
+    plot_minutes(list(nets.values())[:x.members], groups[0], ctx.figure("bonus_minutes.png"))
+    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept, "recipe": asdict(cfg),
+            "epochs": x.epochs, "members": x.members,
+            "runs": {n: clean(t) for n, t in nets.items()},
+            "combined": [{t["name"]: t for t in group} for group in groups],
+            "fast": groups[0][0] | chosen(groups[0][0]), "final": finals[0], "final_seeds": finals,
+            "train_seconds": round(sum(t["seconds"] for t in nets.values()), 1)}
+
+
+def combined(runs: list[dict], splits: tuple, cfg: Config, models: Path) -> dict:
+    """The network made of the trained runs (concatenate()), measured; one run is itself."""
+    stage_ = a.Stage("bonus_recipe", (), save_dir=models)
+    nets = []
+    for t in runs:
+        with np.load(a.weights_path(stage_, 0, t["seed"], splits[0], cfg)) as f:
+            nets.append({k: f[k] for k in ("W1", "b1", "W2", "b2")})
+    k, seeds = len(runs), [t["seed"] for t in runs]
+    name = (f"1 network (seed {seeds[0]})" if k == 1 else
+            f"{k} networks (seeds {', '.join(map(str, seeds))}) as one of m={k * cfg.m}")
+    return {"name": name, "k": k, "m": k * cfg.m, "seeds": seeds,
+            "seconds": round(sum(t["seconds"] for t in runs), 1)} | measure(
+                concatenate(nets), splits, cfg.lam)
+
+
+def chosen(t: dict) -> dict:
+    acc, how = chosen_acc(t)
+    return {"test_acc_chosen": acc, "evaluation": how}
+
+
+def explore(ctx) -> dict:
+    """The ablation of the recipe at its budget on the search split (45,000 / 5,000): validation
+    only, no test set. results_explore.json is written again after every row, so the rows done so
+    far can be read while the rest train (hours); returns the whole of it."""
+    x = QUICK if ctx.plan.quick else Exercise5()
+    tr, va, _ = ctx.data("search")
+    rows, basis = ablation(x, tr.n // Config.n_batch), ctx.basis("search", x.pca)
+    for n in range(1, len(rows) + 1):  # the rows done are read back from bonus.jsonl each time
+        done = stage(ctx, "explore", dict(list(rows.items())[:n]), which="search", history=True,
+                     verbose=True, basis=basis)
+        res = {"n_train": tr.n, "n_val": va.n, "rows_planned": list(rows),
+               "rows": {name: clean(t) for name, t in done.items()},
+               "train_seconds": round(sum(t["seconds"] for t in done.values()), 1)}
+        if n < len(rows):
+            save(ctx.out_dir, "explore", res)
+    return res
 
 
 def clean(trial: dict) -> dict:
-    """A trial without its cache key and curves, for results_bonus.json."""
-    return {k: v for k, v in trial.items() if k not in ("key", "history")}
-
-
-def clean_all(trials: dict) -> dict:
-    return {name: clean(t) for name, t in trials.items()}
+    """A trial without its cache key, for the results files (its curve stays)."""
+    return {k: v for k, v in trial.items() if k != "key"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Outputs
 
-def plot_range_test(hist: dict, path: Path, eta_best: float) -> None:
-    """Smith's learning-rate range test: validation accuracy while eta rises linearly."""
+def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
+    """Validation accuracy against minutes of training: each run's curve, and each network made
+    of the first k runs at the minutes its runs took together."""
     plt = a._pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(hist["eta"], hist["val_acc"], "o-", ms=3)
-    ax.axvline(eta_best, color="gray", ls="--", label=f"chosen eta_max = {eta_best:.3g}")
-    ax.set(xlabel="learning rate eta", ylabel="validation accuracy",
-           title="learning-rate range test")
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for t in runs:
+        h = t["history"]
+        ax.plot(np.array(h["seconds"]) / 60, h["val_acc"], "o-", ms=3,
+                label=f"one run, {t['name']}")
+    for t, marker in zip(nets, "sD^v"):
+        ax.plot(t["seconds"] / 60, t["val_acc"], marker, color="black", ms=7,
+                label=f"{t['k']} run(s) as one network")
+        ax.plot(t["seconds"] / 60, t["val_acc_mirror"], marker, color="black", ms=7, mfc="none",
+                label="... with mirrored averaging")
+    low = min(min(t["history"]["val_acc"][1:] or [0]) for t in runs)  # the untrained point aside
+    ax.set(xlabel="minutes of training", ylabel="validation accuracy",
+           ylim=(max(0, low - 0.02), None),
+           title="the recipe: validation accuracy against training time")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     a.save_figure(fig, path)
 
@@ -242,55 +246,54 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     a.save_figure(fig, path)
 
 
-def final_test_acc(trial: dict) -> tuple:
-    """The test accuracy of a final model with the evaluation that validation prefers: mirrored
-    averaging only when it raised the validation accuracy (the test set plays no part)."""
-    if trial.get("val_acc_mirror") is not None and trial["val_acc_mirror"] > trial["val_acc"]:
-        return trial.get("test_acc_mirror"), ("with mirrored averaging, which raised validation "
-                                              "accuracy")
-    return trial.get("test_acc"), ("plain evaluation; mirrored averaging did not raise "
-                                   "validation accuracy")
-
-
 def format_bonus(res: dict) -> str:
     """results_bonus.txt: the Exercise 5 numbers for people."""
-    rt = res["range_test"]
-    out = [f"Exercise 5 (training on {res['n_train']} images, validation on {res['n_val']}; "
-           "selection on validation only; training times in seconds on this machine)", "",
-           f"Range test: eta from {rt['cfg']['eta_min']:g} to {rt['cfg']['eta_max']:g}, validation "
-           f"accuracy peaks at eta = {rt['eta_max']:.4g} (used as eta_max)", "",
-           "Wide-network lam: " + ", ".join(f"{t['lam']:g}: {pct(t['val_acc'])}"
-                                            for t in res["wide_lam"].values())
-           + f" -> lam = {res['lam_wide']:g}", "",
-           f"{'ablation (same budget)':<34} {'val acc':>8} {'test acc':>9} {'time s':>8}"]
-    for t in [*res["ablation"].values(), res["best"]]:
-        out.append(f"{t['name']:<34} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} "
-                   f"{t['seconds']:>8.0f}")
-    t = res["pca_row"]
-    out += ["", f"Same budget as '+ translations', W1 in the top {t['cfg']['pca']} principal "
-            f"directions: val {pct(t['val_acc'])}, test {pct(t['test_acc'])}, {t['seconds']:.0f} s",
-            "", f"Wide net (m={next(iter(res['select'].values()))['cfg']['m']}) chosen on "
-            f"{res['n_train_select']} / {res['n_val_select']} images: "
-            + ", ".join(f"{n}: {pct(t['val_acc'])}" for n, t in res["select"].items()), "",
-            f"{'long runs':<54} {'val acc':>8} {'test acc':>9} {'mirrored val/test':>18} "
-            f"{'time s':>7}"]
-    for t in res["longs"].values():
-        mirrored = pct(t.get("val_acc_mirror")) + " / " + pct(t.get("test_acc_mirror"))
-        out.append(f"{t['name']:<54} {pct(t['val_acc']):>8} {pct(t.get('test_acc')):>9} "
-                   f"{mirrored:>18} {t['seconds']:>7.0f}")
-    acc, how = final_test_acc(res["long"])
-    sd = res["long_seeds"]
-    out += ["", f"Final model (highest validation accuracy): {res['long']['name']}: test accuracy "
-            f"{pct(acc)} ({how})",
-            f"The same settings with seeds {', '.join(map(str, sd['seeds']))}: test "
-            f"{', '.join(map(pct, sd['test_acc']))}; mirrored "
-            f"{', '.join(map(pct, sd['test_acc_mirror']))}",
-            "", f"Training time of all the trials above: {res['train_seconds']:.0f} s "
+    r = res["recipe"]
+    out = [f"Exercise 5: the recipe (training on {res['n_train']} images, validation on "
+           f"{res['n_val']}; training times in seconds on this machine)", "",
+           f"One network: m={r['m']}, W1 in the top {r['pca']} principal directions "
+           f"({100 * res['pca_variance_kept']:.2f}% of the variance), lam={r['lam']:g}, Nesterov "
+           f"momentum {r['momentum']:g}, eta {r['eta_max']:g} falling linearly to 0 over "
+           f"{res['epochs']} epochs, batches of {r['n_batch']}, mirroring and shifts of up to "
+           f"{r['shift']} pixels, no dropout", "",
+           f"{'run':<12} {'val acc':>8} {'test acc':>9} {'mirrored val/test':>18} {'time s':>7}"]
+    for t in res["runs"].values():
+        out.append(f"{t['name']:<12} {pct(t['val_acc']):>8} {pct(t['test_acc']):>9} "
+                   f"{pct(t['val_acc_mirror']) + ' / ' + pct(t['test_acc_mirror']):>18} "
+                   f"{t['seconds']:>7.0f}")
+    out += ["", f"{'networks made of runs':<52} {'val acc':>8} {'test acc':>9} "
+            f"{'mirrored val/test':>18} {'time s':>7}"]
+    for group in res["combined"]:
+        for t in group.values():
+            out.append(f"{t['name']:<52} {pct(t['val_acc']):>8} {pct(t['test_acc']):>9} "
+                       f"{pct(t['val_acc_mirror']) + ' / ' + pct(t['test_acc_mirror']):>18} "
+                       f"{t['seconds']:>7.0f}")
+    fast, final = res["fast"], res["final"]
+    out += ["", f"Fast recipe, {fast['name']}: test accuracy {pct(fast['test_acc_chosen'])} "
+            f"({fast['evaluation']} evaluation, as validation prefers), {fast['seconds'] / 60:.1f} "
+            "minutes of training",
+            f"Final network (validation picks how many runs): {final['name']}: test accuracy "
+            f"{pct(final['test_acc_chosen'])} ({final['evaluation']}), {final['seconds'] / 60:.1f} "
+            "minutes of training",
+            "The same settings with the next seeds: " + "; ".join(
+                f"{t['name']}: {pct(t['test_acc_chosen'])} ({t['evaluation']})"
+                for t in res["final_seeds"][1:]),
+            "", f"Training time of all the runs above: {res['train_seconds']:.0f} s "
             f"({res['train_seconds'] / 60:.0f} minutes)"]
     return "\n".join(out) + "\n"
 
 
-def save(out_dir: Path, res: dict) -> None:
-    """results_bonus.json and results_bonus.txt, each written whole."""
-    write_atomic(Path(out_dir) / "results_bonus.json", json.dumps(res, indent=1) + "\n")
-    write_atomic(Path(out_dir) / "results_bonus.txt", format_bonus(res))
+def format_explore(res: dict) -> str:
+    """results_explore.txt: the ablation at the recipe's budget."""
+    out = [f"Exercise 5: the recipe's ablation (training on {res['n_train']} images, validation on "
+           f"{res['n_val']}; one change per row; times in seconds on this machine)", "",
+           f"{'row':<28} {'val acc':>8} {'time s':>7}"]
+    out += [f"{n:<28} {pct(t['val_acc']):>8} {t['seconds']:>7.0f}" for n, t in res["rows"].items()]
+    return "\n".join(out + ["", f"Training time: {res['train_seconds']:.0f} s"]) + "\n"
+
+
+def save(out_dir: Path, step: str, res: dict) -> None:
+    """results_<step>.json and .txt (step: bonus or explore), each written whole."""
+    text = format_bonus(res) if step == "bonus" else format_explore(res)
+    write_atomic(Path(out_dir) / f"results_{step}.json", json.dumps(res, indent=1) + "\n")
+    write_atomic(Path(out_dir) / f"results_{step}.txt", text)

@@ -1,8 +1,9 @@
 """Builds report/report.pdf (and bonus.pdf) from a results folder with Typst; formats results.txt.
 
-The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json and the
-figures of the folder themselves (rows are found by name); this file only checks that those inputs
-are there and readable, compiles, and replaces a PDF only with a complete one.
+The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json,
+results_explore.json (when there) and the figures of the folder themselves (rows are found by
+name); this file only checks that those inputs are there and readable, compiles, and replaces a PDF
+only with a complete one.
 `python3 assignment2.py report` calls build_report().
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 # report.typ reads these
 STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")
 FIGURES = ("fig3.png", "fig4.png", "fig4_schedule.png", "coarse.png", "fine.png", "final.png")
-BONUS_FIGURES = ("augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png")
+BONUS_FIGURES = ("augmentation.png", "bonus_minutes.png")
 
 
 class ReportError(Exception):
@@ -51,13 +52,15 @@ def check_figures(out_dir: Path, figures) -> None:
                           f"steps that draw them")
 
 
-def compile_pdf(template: Path, out_dir: Path) -> bytes:
-    """The PDF of one template, reading the results of out_dir (an absolute path: root is /)."""
+def compile_pdf(template: Path, out_dir: Path, inputs: dict | None = None) -> bytes:
+    """The PDF of one template, reading the results of out_dir (an absolute path: root is /);
+    inputs: more sys.inputs for the template."""
     import typst
     if not template.is_file():
         raise ReportError(f"{template}: report template not found")
     try:
-        return typst.compile(str(template), root="/", sys_inputs={"dir": str(out_dir.resolve())})
+        return typst.compile(str(template), root="/",
+                             sys_inputs={"dir": str(out_dir.resolve()), **(inputs or {})})
     except RuntimeError as e:  # typst reports a template error or a damaged input this way
         raise ReportError(f"{template}: typst could not build it from {out_dir} "
                           f"({' '.join(str(e).split())[:300]})") from None
@@ -69,11 +72,18 @@ def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
     check_results(out_dir)
     check_figures(out_dir, FIGURES)
     jobs = ["report"]
+    again = "run `python3 assignment2.py bonus` again"
     if (out_dir / "results_bonus.json").is_file():
-        read_results(out_dir / "results_bonus.json", "run `python3 assignment2.py bonus` again")
+        if "runs" not in read_results(out_dir / "results_bonus.json", again):
+            raise ReportError(f"{out_dir / 'results_bonus.json'}: made by an earlier version of "
+                              f"bonus.py; {again}")
         check_figures(out_dir, BONUS_FIGURES)
         jobs.append("bonus")
-    pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir) for name in jobs}
+    explore = (out_dir / "results_explore.json").is_file()
+    if explore:
+        read_results(out_dir / "results_explore.json", "run `python3 assignment2.py explore`")
+    inputs = {"explore": "yes" if explore else "no"}
+    pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir, inputs) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled
         write_atomic(out_dir / "report" / f"{name}.pdf", pdf)
     return [out_dir / "report" / f"{name}.pdf" for name in pdfs]

@@ -317,3 +317,49 @@ def test_training_in_a_pca_subspace_keeps_w1_in_it():
 def test_invalid_bonus_settings_refused(change, message):
     with pytest.raises(a.ConfigError, match=message):
         a.check_config(replace(a.Config(), **change), 1000)
+
+
+# --------------------------------------------------------------------------------------------------
+# bonus.py: the recipe's experiment
+
+def test_concatenated_networks_average_the_scores_of_their_parts():
+    import bonus
+    rng = np.random.default_rng(0)
+    nets = [a.init_params(12, m, rng) for m in (5, 7, 3)]
+    for p in nets:
+        p["b1"] += rng.standard_normal(p["b1"].shape)
+        p["b2"] += rng.standard_normal(p["b2"].shape)
+    X = rng.standard_normal((12, 9))
+
+    def scores(p):  # eqs. 1-3
+        return p["W2"] @ np.maximum(p["W1"] @ X + p["b1"], 0) + p["b2"]
+    one = bonus.concatenate(nets)
+    assert one["W1"].shape == (15, 12) and one["W2"].shape == (10, 15)
+    np.testing.assert_allclose(scores(one), sum(map(scores, nets)) / 3, rtol=1e-12, atol=1e-12)
+    # and it is an ordinary network for the rest of the code
+    P = sum(a.softmax(scores(p)) for p in nets) / 3
+    assert not np.allclose(a.forward(X, one)[0], P)  # the mean of scores, not of probabilities
+    np.testing.assert_allclose(a.forward(X, one)[0], a.softmax(sum(map(scores, nets)) / 3))
+
+
+def test_every_ablation_row_changes_one_thing_and_keeps_the_budget():
+    import bonus
+    x = bonus.Exercise5()
+    rows = bonus.ablation(x, 450)
+    base = rows.pop("recipe")
+    assert base == bonus.recipe(x, 450) and 2 * base.n_s == x.epochs * 450
+    for name, cfg in rows.items():
+        a.check_config(cfg, 45000)
+        assert 2 * cfg.n_s * cfg.n_cycles == 2 * base.n_s, name  # the same number of updates
+        changed = {k for k, v in vars(cfg).items() if v != getattr(base, k)}
+        changed -= {"n_s", "n_cycles", "evals_per_cycle", "eta_max", "schedule"}
+        assert len(changed) == 1 or (name == "no augmentation" and changed == {"flip", "shift"}), (
+            name, changed)
+
+
+@pytest.mark.parametrize("val, val_mirror, expected", [(0.6, 0.61, "mirrored"), (0.6, 0.6, "plain"),
+                                                        (0.6, 0.59, "plain")])
+def test_validation_alone_chooses_mirrored_evaluation(val, val_mirror, expected):
+    import bonus
+    t = {"val_acc": val, "val_acc_mirror": val_mirror, "test_acc": 0.1, "test_acc_mirror": 0.2}
+    assert bonus.chosen_acc(t) == ({"plain": 0.1, "mirrored": 0.2}[expected], expected)

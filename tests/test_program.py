@@ -122,41 +122,39 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     bonus = json.loads((outs[0] / "results_bonus.json").read_text())
-    assert list(bonus["ablation"]) == [
-        "baseline",
-        "width",
-        "dropout",
-        "mirroring",
-        "translations",
-        "nesterov",
-        "adam",
-    ]
-    assert all("test_acc" in t for t in bonus["ablation"].values())
-    assert bonus["range_test"]["eta_max"] in bonus["range_test"]["eta"]
-    assert "Adam, linear decay" in (outs[0] / "results_bonus.txt").read_text()
-    # chosen on the search split's validation
-    assert len(bonus["select"]) == 2 and bonus["n_val_select"] == 500
-    assert bonus["long"]["cfg"]["pca"] == 64 and 0.1 < bonus["long"]["test_acc"] < 1
-    assert (
-        bonus["long"]["cfg"]["lam"]
-        == max(bonus["select"].values(), key=lambda t: t["val_acc"])["cfg"]["lam"]
-    )
-    assert (
-        "Final model (highest validation accuracy)" in (outs[0] / "results_bonus.txt").read_text()
-    )
-    assert len(bonus["longs"]) == 2 and bonus["long"] == bonus["longs"][bonus["long"]["name"]]
-    assert (
-        bonus["long_seeds"]["seeds"] == [3, 4]
-        and bonus["long_seeds"]["test_acc"][0] == bonus["long"]["test_acc"]
-    )
-    assert 0.1 < bonus["long"]["test_acc_mirror"] < 1 and "val_acc_mirror" in bonus["long"]
+    # two runs per seed group, seeds 3-6, each tested plain and mirrored
+    assert list(bonus["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
+    assert all(0.1 < t["test_acc_mirror"] < 1 for t in bonus["runs"].values())
+    assert all(t["cfg"]["pca"] == 64 and t["cfg"]["optimizer"] == "nesterov"
+               for t in bonus["runs"].values())
+    one, two = bonus["combined"][0].values()
+    # one run measured through its saved weights gives what the trial measured
+    assert one["test_acc"] == bonus["runs"]["seed 3"]["test_acc"] and one["m"] == 40
+    assert two["m"] == 80 and two["seeds"] == [3, 4]
+    assert two["seconds"] == round(sum(bonus["runs"][f"seed {s}"]["seconds"] for s in (3, 4)), 1)
+    # validation picks the final network; the next seeds repeat the same choice
+    final = max((one, two), key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))
+    assert bonus["final"]["name"] == final["name"] == bonus["final_seeds"][0]["name"]
+    assert bonus["final_seeds"][1]["seeds"][0] == 5 and bonus["final"]["test_acc_chosen"] in (
+        final["test_acc"], final["test_acc_mirror"])
+    assert bonus["fast"]["name"] == one["name"]
+    text = (outs[0] / "results_bonus.txt").read_text()
+    assert "Final network (validation picks how many runs)" in text and "seed 6" in text
     saved = dict(
-        np.load(outs[0] / "models" / f"bonus_long_0.seed3.n{bonus['n_train']}.float32.npz")
+        np.load(outs[0] / "models" / f"bonus_recipe_0.seed3.n{bonus['n_train']}.float32.npz")
     )  # pixel space
-    assert saved["W1"].shape == (60, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
-    assert {"augmentation.png", "bonus_range_test.png", "bonus_best.png", "bonus_long.png"} <= {
+    assert saved["W1"].shape == (40, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
+    assert {"augmentation.png", "bonus_minutes.png"} <= {
         p.name for p in (outs[0] / "figures").iterdir()
     }
+    # the ablation at the recipe's budget, on the search split
+    args = ("--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
+    out = run_program("explore", *args)
+    assert out.returncode == 0, out.stderr
+    explore = json.loads((outs[0] / "results_explore.json").read_text())
+    assert explore["n_val"] == 500
+    assert list(explore["rows"])[:2] == ["recipe", "cyclic SGD (eqs. 14-15)"]
+    assert all("test_acc" not in t for t in explore["rows"].values())
     assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
     out = run_program("report", "--out-dir", str(outs[0]))
     assert out.returncode == 0, out.stderr
