@@ -199,14 +199,16 @@ def clean(trial: dict) -> dict:
 # Outputs
 
 def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
-    """Validation accuracy against minutes of training: each run's curve, and each network made
-    of the first k runs at the minutes its runs took together."""
+    """Validation accuracy against minutes of training, the runs drawn one after another as they
+    were trained, and each network made of the first k runs at the minutes they took together."""
     plt = a._pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    start = 0.0
     for t in runs:
         h = t["history"]
-        ax.plot(np.array(h["seconds"]) / 60, h["val_acc"], "o-", ms=3,
+        ax.plot((start + np.array(h["seconds"])) / 60, h["val_acc"], "o-", ms=3,
                 label=f"one run, {t['name']}")
+        start += t["seconds"]
     for t, marker in zip(nets, "sD^v"):
         ax.plot(t["seconds"] / 60, t["val_acc"], marker, color="black", ms=7,
                 label=f"{t['k']} run(s) as one network")
