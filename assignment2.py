@@ -1240,7 +1240,7 @@ HELP = """steps:
   seeds      (not in 'all') Figures 3, 4 and the final run with 2 more seeds: mean and spread
   bonus      (not in 'all') Exercise 5's recipe as stated in bonus.py: m=4096 with W1 in the top
              512 principal directions, Nesterov, linear decay, mirroring and shifts, 140 epochs,
-             6 runs combined 1-3 at a time; about 85 minutes; results_bonus.json, .txt, bonus.jsonl
+             6 runs combined 1-3 at a time; about 95 minutes; results_bonus.json, .txt, bonus.jsonl
   explore    (not in 'all') the recipe's ablation at its full budget on 45,000 / 5,000 images, one
              change per row; hours; results_explore.json is rewritten after every row
   report     (not in 'all') report/report.pdf and bonus.pdf, typeset by Typst from report/*.typ

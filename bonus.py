@@ -2,7 +2,7 @@
 assignment2.py gets with its Exercise 5 mechanisms (width, augmentation, Nesterov momentum, W1 in a
 principal subspace; dropout and Adam in the ablation), stated as named configs, run by one driver.
 
-    python assignment2.py bonus      # the recipe, 6 networks: about 85 minutes on 2 cores
+    python assignment2.py bonus      # the recipe, 6 networks: about 95 minutes on 2 cores
     python assignment2.py explore    # the ablation at the recipe's budget on 45,000 / 5,000: hours
 
 The recipe (one hidden layer of m units, W1 trained in the top principal directions, mirroring and
