@@ -470,7 +470,6 @@ def move_aside(folder: Path, names, dest: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Run folders: what a folder of results belongs to, so that no run destroys another's
 
-# What --replace moves aside; the trial caches stay, since each trial names what made it.
 def without_clock(value):
     """value without the wall-clock times of its training curves ("seconds" beside "step"): the
     one thing that makes results.json differ between two runs of one seed (timings.json has the
@@ -483,6 +482,7 @@ def without_clock(value):
     return value
 
 
+# What --replace moves aside; the trial caches stay, since each trial names what made it.
 RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "results_bonus.json",
                "results_bonus.txt", "results_explore.json", "results_explore.txt", "figures",
                "report/report.pdf", "report/bonus.pdf")
