@@ -71,7 +71,9 @@ def test_same_seed_same_run_other_seed_other_run():
     one = a.run(tr, tr, cfg, np.random.default_rng(7), **QUIET)[1]
     two = a.run(tr, tr, cfg, np.random.default_rng(7), **QUIET)[1]
     three = a.run(tr, tr, cfg, np.random.default_rng(8), **QUIET)[1]
-    assert one == two
+    # the wall clock is the one thing two runs of a seed may differ in
+    assert len(one["seconds"]) == len(one["step"])
+    assert runfiles.without_clock(one) == runfiles.without_clock(two)
     assert one["train_loss"] != three["train_loss"]
 
 
