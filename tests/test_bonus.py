@@ -357,9 +357,49 @@ def test_every_ablation_row_changes_one_thing_and_keeps_the_budget():
             name, changed)
 
 
-@pytest.mark.parametrize("val, val_mirror, expected", [(0.6, 0.61, "mirrored"), (0.6, 0.6, "plain"),
-                                                        (0.6, 0.59, "plain")])
-def test_validation_alone_chooses_mirrored_evaluation(val, val_mirror, expected):
+def test_test_time_views_are_the_moved_and_mirrored_images():
     import bonus
-    t = {"val_acc": val, "val_acc_mirror": val_mirror, "test_acc": 0.1, "test_acc_mirror": 0.2}
-    assert bonus.chosen_acc(t) == ({"plain": 0.1, "mirrored": 0.2}[expected], expected)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((a.D, 6)).astype(np.float32)
+    params = a.init_params(a.D, 7, rng, "float32")
+    views = bonus.views(2)
+    assert list(views) == ["plain", "mirrored", "mirrored, moved 1", "mirrored, moved 2"]
+    imgs = X.T.reshape(6, 3, 32, 32)
+    ref = 0
+    for f, dy, dx in views["mirrored, moved 2"]:
+        img = imgs[..., ::-1] if f else imgs
+        pad = np.pad(img, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
+        moved = pad[:, :, 2 - dy:34 - dy, 2 - dx:34 - dx]  # moved down dy, right dx
+        ref = ref + a.forward(moved.reshape(6, a.D).T, params)[0]
+    np.testing.assert_allclose(bonus.view_probs(X, params, views["mirrored, moved 2"]), ref / 10,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_plain_and_mirrored_views_give_the_trainers_accuracies():
+    import bonus
+    rng = np.random.default_rng(2)
+    d = a.Split(rng.standard_normal((a.D, 50)), rng.integers(0, a.K, 50))
+    params = a.init_params(a.D, 9, rng)
+    for name, mirror in (("plain", False), ("mirrored", True)):
+        assert bonus.view_accuracy(d, params, bonus.views(0)[name], chunk=20) == a.evaluate(
+            d.X, d.y, params, 0.0, mirror=mirror)["acc"]
+
+
+def test_validation_alone_chooses_the_evaluation(monkeypatch):
+    import bonus
+    va, te = (a.Split(np.zeros((a.D, 4)), np.zeros(4, int)) for _ in range(2))
+    val = {"plain": 0.5, "mirrored": 0.6, "mirrored, moved 1": 0.6, "mirrored, moved 2": 0.55}
+    seen = []
+
+    def fake(d, params, v):  # the accuracy each evaluation would have; which split asked
+        name = {views: n for n, views in bonus.views(2).items()}[v]
+        seen.append((d is te, name))
+        return val[name] if d is va else 0.1 * list(val).index(name)
+    monkeypatch.setattr(bonus, "view_accuracy", fake)
+    monkeypatch.setattr(a, "evaluate", lambda X, y, p, lam, mirror=False: {"acc": 0.3 + mirror})
+    res = bonus.measure({}, (None, va, te), 0.0, 2)
+    # the first of the best on validation: mirrored; its test accuracy needs no second pass
+    assert res["evaluation"] == "mirrored" and res["test_acc_chosen"] == 1.3
+    assert not any(on_test for on_test, _ in seen)
+    res = bonus.measure({}, (None, va, te), 0.0, 2, evaluation="mirrored, moved 2")
+    assert res["test_acc_chosen"] == pytest.approx(0.3) and (True, "mirrored, moved 2") in seen

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, write_batch
 
 import assignment2 as a
+import bonus as bonus_module
 
 
 def run_program(*args, env=None):
@@ -127,19 +128,28 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert all(0.1 < t["test_acc_mirror"] < 1 for t in bonus["runs"].values())
     assert all(t["cfg"]["pca"] == 64 and t["cfg"]["optimizer"] == "nesterov"
                for t in bonus["runs"].values())
-    one, two = bonus["combined"][0].values()
+    one, two = bonus["combined"].values()
     # one run measured through its saved weights gives what the trial measured
     assert one["test_acc"] == bonus["runs"]["seed 3"]["test_acc"] and one["m"] == 40
     assert two["m"] == 80 and two["seeds"] == [3, 4]
     assert two["seconds"] == round(sum(bonus["runs"][f"seed {s}"]["seconds"] for s in (3, 4)), 1)
-    # validation picks the final network; the next seeds repeat the same choice
-    final = max((one, two), key=lambda t: max(t["val_acc"], t["val_acc_mirror"]))
+    # validation picks the final network and its evaluation; the next seeds repeat the choice
+    assert list(one["val_acc_views"]) == bonus["views"] == list(bonus_module.views(3))
+    final = max((one, two), key=lambda t: max(t["val_acc_views"].values()))
     assert bonus["final"]["name"] == final["name"] == bonus["final_seeds"][0]["name"]
-    assert bonus["final_seeds"][1]["seeds"][0] == 5 and bonus["final"]["test_acc_chosen"] in (
-        final["test_acc"], final["test_acc_mirror"])
+    assert final["val_acc_views"][final["evaluation"]] == max(final["val_acc_views"].values())
+    assert (final["val_acc_views"]["plain"], final["val_acc_views"]["mirrored"]) == (
+        final["val_acc"], final["val_acc_mirror"])
+    again = bonus["final_seeds"][1]
+    assert again["seeds"][0] == 5 and again["k"] == final["k"]
+    assert again["evaluation"] == final["evaluation"]
+    plain_or_mirrored = {"plain": "test_acc", "mirrored": "test_acc_mirror"}
+    if final["evaluation"] in plain_or_mirrored:
+        assert final["test_acc_chosen"] == final[plain_or_mirrored[final["evaluation"]]]
     assert bonus["fast"]["name"] == one["name"]
     text = (outs[0] / "results_bonus.txt").read_text()
-    assert "Final network (validation picks how many runs)" in text and "seed 6" in text
+    assert "Final network (validation picks how many runs and the evaluation)" in text
+    assert "seed 6" in text
     saved = dict(
         np.load(outs[0] / "models" / f"bonus_recipe_0.seed3.n{bonus['n_train']}.float32.npz")
     )  # pixel space
