@@ -59,7 +59,9 @@ def recipe(x: Exercise5, per_epoch: int) -> Config:
 
 
 def ablation(x: Exercise5, per_epoch: int) -> dict:
-    """One change per row from the recipe, each at the recipe's budget (the same epochs)."""
+    """One change per row from the recipe, each at the recipe's budget (the same epochs). A row
+    named ", again" repeats an earlier one at another place in the list, so with another random
+    stream (stage_rng: initialisation, batches, augmentation): the spread of one row's accuracy."""
     base = recipe(x, per_epoch)
     total = 2 * base.n_s  # update steps of every row
     return {"recipe": base,
@@ -73,6 +75,8 @@ def ablation(x: Exercise5, per_epoch: int) -> dict:
             "no translations": replace(base, shift=0),
             "no augmentation": replace(base, shift=0, flip=False),
             "dropout 0.3": replace(base, p_drop=0.3),
+            "recipe, again": base,
+            "Adam, again": replace(base, optimizer="adam", eta_max=x.adam_eta),
             f"m={2 * x.m}": replace(base, m=2 * x.m)}
 
 
@@ -173,10 +177,11 @@ def run(ctx) -> dict:
     runs = list(nets.values())
     groups = [runs[g * x.members:(g + 1) * x.members] for g in range(x.seeds)]  # by seeds
     # the networks made of the first 1, 2, ..., members runs of the first group
-    first = [combined(groups[0][:k], splits, cfg, models, x.shift) for k in range(1, x.members + 1)]
+    first = [combined(groups[0][:k], splits, cfg, models, x.shift, log=ctx.log)
+             for k in range(1, x.members + 1)]
     # validation picks how many runs and which evaluation; the next seeds repeat that choice
     final = max(first, key=lambda t: t["val_acc_views"][t["evaluation"]])
-    again = [combined(g[:final["k"]], splits, cfg, models, x.shift, final["evaluation"])
+    again = [combined(g[:final["k"]], splits, cfg, models, x.shift, final["evaluation"], ctx.log)
              for g in groups[1:]]
     plot_minutes(list(nets.values())[:x.members], first, ctx.figure("bonus_minutes.png"))
     return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept, "recipe": asdict(cfg),
@@ -188,7 +193,7 @@ def run(ctx) -> dict:
 
 
 def combined(runs: list[dict], splits: tuple, cfg: Config, models: Path, shift: int,
-             evaluation: str | None = None) -> dict:
+             evaluation: str | None = None, log=print) -> dict:
     """The network made of the trained runs (concatenate()), measured; one run is itself. With
     evaluation: tested with that evaluation (validation chose it for another network)."""
     stage_ = a.Stage("bonus_recipe", (), save_dir=models)
@@ -199,9 +204,12 @@ def combined(runs: list[dict], splits: tuple, cfg: Config, models: Path, shift: 
     params, k, seeds = concatenate(nets), len(runs), [t["seed"] for t in runs]
     name = (f"1 network (seed {seeds[0]})" if k == 1 else
             f"{k} networks (seeds {', '.join(map(str, seeds))}) as one of m={k * cfg.m}")
-    return {"name": name, "k": k, "m": k * cfg.m, "seeds": seeds,
-            "seconds": round(sum(t["seconds"] for t in runs), 1)} | measure(
-                params, splits, cfg.lam, shift, evaluation)
+    res = {"name": name, "k": k, "m": k * cfg.m, "seeds": seeds,
+           "seconds": round(sum(t["seconds"] for t in runs), 1)}
+    res |= measure(params, splits, cfg.lam, shift, evaluation)
+    log(f"{name}: val acc " + ", ".join(f"{v} {acc:.4f}" for v, acc in res["val_acc_views"].items())
+        + f"; test acc {res['test_acc_chosen']:.4f} ({res['evaluation']})")
+    return res
 
 
 def explore(ctx) -> dict:
