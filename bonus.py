@@ -72,11 +72,11 @@ def ablation(x: Exercise5, per_epoch: int) -> dict:
             "Adam": replace(base, optimizer="adam", eta_max=x.adam_eta),
             f"lam={x.lam / 25:g}": replace(base, lam=x.lam / 25),
             f"lam={x.lam * 4:g}": replace(base, lam=x.lam * 4),
-            "no translations": replace(base, shift=0),
-            "no augmentation": replace(base, shift=0, flip=False),
-            "dropout 0.3": replace(base, p_drop=0.3),
             "recipe, again": base,
             "Adam, again": replace(base, optimizer="adam", eta_max=x.adam_eta),
+            "no augmentation": replace(base, shift=0, flip=False),
+            "no translations": replace(base, shift=0),
+            "dropout 0.3": replace(base, p_drop=0.3),
             f"m={2 * x.m}": replace(base, m=2 * x.m)}
 
 
