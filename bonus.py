@@ -61,7 +61,8 @@ def recipe(x: Exercise5, per_epoch: int) -> Config:
 def ablation(x: Exercise5, per_epoch: int) -> dict:
     """One change per row from the recipe, each at the recipe's budget (the same epochs). A row
     named ", again" repeats an earlier one at another place in the list, so with another random
-    stream (stage_rng: initialisation, batches, augmentation): the spread of one row's accuracy."""
+    stream (stage_rng: initialisation, batches, augmentation): the spread of one row's accuracy. A
+    row named "A + B" makes the changes of rows A and B together."""
     base = recipe(x, per_epoch)
     total = 2 * base.n_s  # update steps of every row
     return {"recipe": base,
@@ -74,6 +75,8 @@ def ablation(x: Exercise5, per_epoch: int) -> dict:
             f"lam={x.lam * 4:g}": replace(base, lam=x.lam * 4),
             "recipe, again": base,
             "Adam, again": replace(base, optimizer="adam", eta_max=x.adam_eta),
+            f"Adam + lam={x.lam / 25:g}": replace(base, optimizer="adam", eta_max=x.adam_eta,
+                                                  lam=x.lam / 25),
             "no augmentation": replace(base, shift=0, flip=False),
             "no translations": replace(base, shift=0),
             "dropout 0.3": replace(base, p_drop=0.3),

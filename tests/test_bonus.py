@@ -354,6 +354,11 @@ def test_every_ablation_row_changes_one_thing_and_keeps_the_budget():
         if name.endswith(", again"):  # a repeat of the row it names, at another place
             assert cfg == ({"recipe": base} | rows)[name.removesuffix(", again")], name
             continue
+        if " + " in name:  # the changes of the two rows it names, together
+            first, second = (rows[part] for part in name.split(" + "))
+            assert cfg == replace(first, **{k: v for k, v in vars(second).items()
+                                            if v != getattr(base, k)}), name
+            continue
         changed = {k for k, v in vars(cfg).items() if v != getattr(base, k)}
         changed -= {"n_s", "n_cycles", "evals_per_cycle", "eta_max", "schedule"}
         assert len(changed) == 1 or (name == "no augmentation" and changed == {"flip", "shift"}), (
