@@ -65,18 +65,18 @@ def ablation(x: Exercise5, per_epoch: int) -> dict:
     row named "A + B" makes the changes of rows A and B together."""
     base = recipe(x, per_epoch)
     total = 2 * base.n_s  # update steps of every row
+    adam, small_lam = replace(base, optimizer="adam", eta_max=x.adam_eta), x.lam / 25
     return {"recipe": base,
             "cyclic SGD (eqs. 14-15)": replace(base, optimizer="sgd", schedule="cyclic",
                                                eta_max=x.cyclic_eta, n_s=total // (2 * x.cycles),
                                                n_cycles=x.cycles,
                                                evals_per_cycle=max(1, x.points // x.cycles)),
-            "Adam": replace(base, optimizer="adam", eta_max=x.adam_eta),
-            f"lam={x.lam / 25:g}": replace(base, lam=x.lam / 25),
+            "Adam": adam,
+            f"lam={small_lam:g}": replace(base, lam=small_lam),
             f"lam={x.lam * 4:g}": replace(base, lam=x.lam * 4),
             "recipe, again": base,
-            "Adam, again": replace(base, optimizer="adam", eta_max=x.adam_eta),
-            f"Adam + lam={x.lam / 25:g}": replace(base, optimizer="adam", eta_max=x.adam_eta,
-                                                  lam=x.lam / 25),
+            "Adam, again": adam,
+            f"Adam + lam={small_lam:g}": replace(adam, lam=small_lam),
             "no augmentation": replace(base, shift=0, flip=False),
             "no translations": replace(base, shift=0),
             "dropout 0.3": replace(base, p_drop=0.3),
@@ -137,11 +137,14 @@ def measure(params: dict, splits: tuple, lam: float, shift: int,
     res = {f"{s}_acc{tail}": a.evaluate(d.X, d.y, params, lam, mirror=mirror)["acc"]
            for s, d in (("val", va), ("test", te)) for tail, mirror in (("", False),
                                                                          ("_mirror", True))}
-    res["val_acc_views"] = {n: view_accuracy(va, params, v) for n, v in views(shift).items()}
+    known = {"plain": "_acc", "mirrored": "_acc_mirror"}  # measured above already
+
+    def accuracy(split: str, d: a.Split, name: str) -> float:
+        return (res[split + known[name]] if name in known else
+                view_accuracy(d, params, views(shift)[name]))
+    res["val_acc_views"] = {n: accuracy("val", va, n) for n in views(shift)}
     evaluation = evaluation or max(res["val_acc_views"], key=res["val_acc_views"].get)
-    known = {"plain": "test_acc", "mirrored": "test_acc_mirror"}  # measured above already
-    acc = (res[known[evaluation]] if evaluation in known else
-           view_accuracy(te, params, views(shift)[evaluation]))
+    acc = accuracy("test", te, evaluation)
     return res | {"evaluation": evaluation, "test_acc_chosen": acc}
 
 
@@ -186,7 +189,7 @@ def run(ctx) -> dict:
     final = max(first, key=lambda t: t["val_acc_views"][t["evaluation"]])
     again = [combined(g[:final["k"]], splits, cfg, models, x.shift, final["evaluation"], ctx.log)
              for g in groups[1:]]
-    plot_minutes(list(nets.values())[:x.members], first, ctx.figure("bonus_minutes.png"))
+    plot_minutes(groups[0], first, ctx.figure("bonus_minutes.png"))
     return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept, "recipe": asdict(cfg),
             "epochs": x.epochs, "members": x.members, "views": list(views(x.shift)),
             "runs": {n: clean(t) for n, t in nets.items()},
