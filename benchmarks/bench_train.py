@@ -5,6 +5,7 @@ matrix-product peak.
     python benchmarks/bench_train.py --repeats 3 --skip-wide
     python benchmarks/bench_train.py --augment    # m=50: augmented (mirror + shift) vs plain
     python benchmarks/bench_train.py --recipe     # m=4096 in 512 PCs, augmented, vs torch
+    python benchmarks/bench_train.py --recipe --optimizer adam   # the same with Adam
 
 All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100, the
 cyclic schedule. The project's epoch is timed through assignment2.run(), the code path the program
@@ -148,12 +149,13 @@ def augment_ratio(repeats, m=50, n=49000, B=100):
     print(f"plain_s={p_med:.3f} augmented_s={a_med:.3f} augmented_ratio={a_med / p_med:.3f}")
 
 
-def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift):
+def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
     """One epoch of Exercise 5's wide recipe written with torch autograd, the way a torch user
     would: the same augmented gather (mirror, +-shift crops, from assignment2.augment_source), the
     projection onto the principal directions, the network on V (m, k), cross-entropy plus
     lam ||W||^2 (weight decay 2 lam on the weights) and torch.optim.SGD with Nesterov momentum 0.9
-    and a linear decay. The one-time layout of the images is not timed, as in project_epoch."""
+    (or torch.optim.Adam) and a linear decay. The one-time layout of the images is not timed, as
+    in project_epoch."""
     import torch
 
     g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
@@ -163,7 +165,8 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift):
     W2 = (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_()
     b1, b2 = torch.zeros(m, requires_grad=True), torch.zeros(a.K, requires_grad=True)
     groups = [{"params": [V, W2], "weight_decay": 2 * lam}, {"params": [b1, b2]}]
-    opt = torch.optim.SGD(groups, lr=eta, momentum=0.9, nesterov=True)
+    opt = (torch.optim.Adam(groups, lr=eta) if optimizer == "adam" else
+           torch.optim.SGD(groups, lr=eta, momentum=0.9, nesterov=True))
     per_epoch = tr.n // B
     t0 = time.perf_counter()
     perm = rng.permutation(tr.n)
@@ -181,27 +184,30 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift):
     return time.perf_counter() - t0
 
 
-def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, eta=0.02, shift=3):
+def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, shift=3,
+                 optimizer="nesterov"):
     """Issue 11's speed target: the project's trainer against a torch autograd loop of the same
     step at a width the wide recipe uses: W1 in the top k principal directions, mirroring and
-    +-3 pixel shifts, Nesterov momentum with a linear decay, no dropout. Interleaved, medians."""
+    +-3 pixel shifts, Nesterov momentum (eta 0.02) or Adam (1e-3) with a linear decay, no dropout.
+    Interleaved, medians."""
     import torch
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     tr, va = synthetic(n, rng), synthetic(1000, rng)
     basis = a.pca_basis(np.ascontiguousarray(tr.X.T), k)  # (d, k), once for both
+    eta = 1e-3 if optimizer == "adam" else 0.02
     cfg = dict(
-        pca=k, flip=True, shift=shift, optimizer="nesterov", schedule="linear", eta_max=eta, lam=lam
+        pca=k, flip=True, shift=shift, optimizer=optimizer, schedule="linear", eta_max=eta, lam=lam
     )
     ours, theirs = [], []
     for _ in range(repeats):
         ours.append(project_epoch(tr, va, m, B, epochs=3, basis=basis, **cfg))
-        theirs.append(torch_recipe_epoch(tr, m, B, basis, lam, eta, shift))
+        theirs.append(torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer))
         time.sleep(1.0)  # torch's OpenMP workers go to sleep before numpy needs both cores
     (o_med, o_min), (t_med, t_min) = stats(ours), stats(theirs)
     print(
-        f"m={m}, top {k} PCs, mirror + shifts, Nesterov, {n} images: ours "
+        f"m={m}, top {k} PCs, mirror + shifts, {optimizer}, {n} images: ours "
         f"{o_med:.3f}/{o_min:.3f} s per epoch, torch autograd {t_med:.3f}/{t_min:.3f} s "
         "(median/min)"
     )
@@ -224,11 +230,13 @@ def main(argv=None):
         "(m=4096 in the top 512 principal directions) against torch autograd",
     )
     p.add_argument("--m", type=int, default=4096, help="width for --recipe (default: 4096)")
+    p.add_argument("--optimizer", choices=["nesterov", "adam"], default="nesterov",
+                   help="the optimiser for --recipe (default: nesterov)")
     args = p.parse_args(argv)
     if args.augment:
         return augment_ratio(args.repeats)
     if args.recipe:
-        return recipe_ratio(args.repeats, m=args.m)
+        return recipe_ratio(args.repeats, m=args.m, optimizer=args.optimizer)
     import torch
 
     # the project's numpy uses both cores through OpenBLAS; give torch the same

@@ -346,13 +346,14 @@ def test_every_ablation_row_changes_one_thing_and_keeps_the_budget():
     import bonus
     x = bonus.Exercise5()
     rows = bonus.ablation(x, 450)
-    base = rows.pop("recipe")
-    assert base == bonus.recipe(x, 450) and 2 * base.n_s == x.epochs * 450
+    base = rows.pop("Nesterov")
+    assert base == bonus.first_recipe(x, 450) and 2 * base.n_s == x.epochs * 450
+    assert base.optimizer == "nesterov" and rows["Adam"] == bonus.recipe(x, 450)  # today's
     for name, cfg in rows.items():
         a.check_config(cfg, 45000)
         assert 2 * cfg.n_s * cfg.n_cycles == 2 * base.n_s, name  # the same number of updates
         if name.endswith(", again"):  # a repeat of the row it names, at another place
-            assert cfg == ({"recipe": base} | rows)[name.removesuffix(", again")], name
+            assert cfg == ({"Nesterov": base} | rows)[name.removesuffix(", again")], name
             continue
         if " + " in name:  # the changes of the two rows it names, together
             first, second = (rows[part] for part in name.split(" + "))
@@ -414,3 +415,15 @@ def test_validation_alone_chooses_the_evaluation(monkeypatch):
     assert not any(on_test for on_test, _ in seen)
     res = bonus.measure({}, (None, va, te), 0.0, 2, evaluation="mirrored, moved 2")
     assert res["test_acc_chosen"] == pytest.approx(0.3) and (True, "mirrored, moved 2") in seen
+
+
+def test_each_recipe_keeps_its_weights_in_its_own_folder(tmp_path):
+    import bonus
+
+    class Ctx:
+        out_dir = tmp_path
+    x = bonus.Exercise5()
+    today, first = bonus.recipe(x, 490), bonus.first_recipe(x, 490)
+    assert bonus.models_dir(Ctx, today) == bonus.models_dir(Ctx, replace(today))
+    assert bonus.models_dir(Ctx, today) != bonus.models_dir(Ctx, first)
+    assert bonus.models_dir(Ctx, today) != bonus.models_dir(Ctx, replace(today, n_s=today.n_s + 1))

@@ -126,7 +126,7 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     # two runs per seed group, seeds 3-6, each tested plain and mirrored
     assert list(bonus["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
     assert all(0.1 < t["test_acc_mirror"] < 1 for t in bonus["runs"].values())
-    assert all(t["cfg"]["pca"] == 64 and t["cfg"]["optimizer"] == "nesterov"
+    assert all(t["cfg"]["pca"] == 64 and t["cfg"]["optimizer"] == "adam"
                for t in bonus["runs"].values())
     one, two = bonus["combined"].values()
     # one run measured through its saved weights gives what the trial measured
@@ -150,9 +150,9 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     text = (outs[0] / "results_bonus.txt").read_text()
     assert "Final network (validation picks how many runs and the evaluation)" in text
     assert "seed 6" in text
-    saved = dict(
-        np.load(outs[0] / "models" / f"bonus_recipe_0.seed3.n{bonus['n_train']}.float32.npz")
-    )  # pixel space
+    # one folder per recipe, so that another recipe's runs cannot overwrite these weights
+    [path] = (outs[0] / "models").glob(f"recipe_*/bonus_recipe_0.seed3.n{bonus['n_train']}.*.npz")
+    saved = dict(np.load(path))  # pixel space
     assert saved["W1"].shape == (40, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
     assert {"augmentation.png", "bonus_minutes.png"} <= {
         p.name for p in (outs[0] / "figures").iterdir()
@@ -163,7 +163,7 @@ def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr
     explore = json.loads((outs[0] / "results_explore.json").read_text())
     assert explore["n_val"] == 500
-    assert list(explore["rows"])[:2] == ["recipe", "cyclic SGD (eqs. 14-15)"]
+    assert list(explore["rows"])[:2] == ["Nesterov", "cyclic SGD (eqs. 14-15)"]
     assert all("test_acc" not in t for t in explore["rows"].values())
     assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
     out = run_program("report", "--out-dir", str(outs[0]))
