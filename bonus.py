@@ -1,7 +1,7 @@
 """Exercise 5 of DD2424 Assignment 2, the experiment: how far the two-layer network of
 assignment2.py gets with its Exercise 5 mechanisms (width, augmentation, Adam, W1 in a principal
-subspace; Nesterov momentum, cyclic SGD and dropout in the ablation), stated as named configs, run by
-one driver.
+subspace; Nesterov momentum, cyclic SGD and dropout in the ablation), stated as named configs, run
+by one driver.
 
     python assignment2.py bonus      # the recipe, 4 networks: about 80 minutes on 2 cores
     python assignment2.py explore    # the ablation at the recipe's budget on 45,000 / 5,000: hours

@@ -204,6 +204,15 @@ def test_optimisers_match_torch_optim(optimizer, lam):
             np.testing.assert_allclose(v, tp.detach().numpy(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("b", [0.0, 0.9, 0.999])
+def test_blend_is_the_moving_average_adam_keeps(b):
+    rng = np.random.default_rng(6)
+    y, x = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    expected, got = b * y + (1 - b) * x, y.copy()
+    a.blend(got, x, b)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+
 def test_schedules():
     cfg = a.Config(eta_min=1e-5, eta_max=0.2, n_s=50, n_cycles=2)  # 200 steps
     lin, rng_test = replace(cfg, schedule="linear"), replace(cfg, schedule="range")
