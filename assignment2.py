@@ -1216,7 +1216,7 @@ def update_adam(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, eta:
     """One Adam step on w in place, its gradient g used as scratch. Kingma and Ba's
     w <- w - eta m_hat / (sqrt(v_hat) + eps), with m_hat = m / c1 and v_hat = v / c2, is computed
     as w <- w - (eta sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)), the same number, so that no
-    array the size of a wide W1 is allocated (a quarter of the time of the update with them)."""
+    array the size of a wide W1 is allocated (about a third of the time of the update with them)."""
     c1, c2 = 1 - cfg.beta1 ** (t + 1), 1 - cfg.beta2 ** (t + 1)
     blend(m, g, cfg.beta1)
     g *= g
