@@ -276,6 +276,8 @@ def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
                 label=f"{t['k']} run(s) as one network")
         ax.plot(t["seconds"] / 60, t["val_acc_mirror"], marker, color="black", ms=7, mfc="none",
                 label="... with mirrored averaging")
+        ax.plot(t["seconds"] / 60, t["val_acc_views"][t["evaluation"]], marker, color="tab:red",
+                ms=7, label=f"... {t['evaluation']} (validation's pick)")
     low = min(min(t["history"]["val_acc"][1:] or [0]) for t in runs)  # the untrained point aside
     ax.set(xlabel="minutes of training", ylabel="validation accuracy",
            ylim=(max(0, low - 0.02), None),
