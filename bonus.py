@@ -170,11 +170,12 @@ def stage(ctx, name: str, cfgs: dict, which: str = "final", seed: int | None = N
     return {label: t | {"name": label} for label, t in zip(cfgs, done)}
 
 
-def models_dir(ctx, cfg: Config) -> Path:
+def models_dir(out_dir: Path, cfg: Config) -> Path:
     """Where the recipe's runs keep their weights: a folder per recipe, named by a hash of its
     settings, since a.weights_path names a file by stage, trial, seed and size only, and another
     recipe's runs must not overwrite these."""
-    return ctx.out_dir / "models" / f"recipe_{short_hash(json.dumps(asdict(cfg), sort_keys=True))}"
+    settings = json.dumps(asdict(cfg), sort_keys=True)
+    return Path(out_dir) / "models" / f"recipe_{short_hash(settings)}"
 
 
 def run(ctx) -> dict:
@@ -187,7 +188,7 @@ def run(ctx) -> dict:
     basis = ctx.basis("final", x.pca)  # one eigendecomposition for every network
     kept = a.pca_variance_kept(np.ascontiguousarray(tr.X.T), basis)
     ctx.log(f"bonus: the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
-    models = models_dir(ctx, cfg)
+    models = models_dir(ctx.out_dir, cfg)
     record = dict(test=True, mirror=True, history=True, save_dir=models, verbose=True, basis=basis)
     seeds = range(ctx.seed, ctx.seed + x.members * x.seeds)
     nets = {}

@@ -188,15 +188,18 @@ def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, shift=3,
                  optimizer="nesterov"):
     """Issue 11's speed target: the project's trainer against a torch autograd loop of the same
     step at a width the wide recipe uses: W1 in the top k principal directions, mirroring and
-    +-3 pixel shifts, Nesterov momentum (eta 0.02) or Adam (1e-3) with a linear decay, no dropout.
-    Interleaved, medians."""
+    +-3 pixel shifts, Nesterov momentum or Adam with a linear decay from bonus.Exercise5's eta for
+    each, no dropout. Interleaved, medians."""
     import torch
+
+    import bonus
 
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     tr, va = synthetic(n, rng), synthetic(1000, rng)
     basis = a.pca_basis(np.ascontiguousarray(tr.X.T), k)  # (d, k), once for both
-    eta = 1e-3 if optimizer == "adam" else 0.02
+    x = bonus.Exercise5()
+    eta = x.eta if optimizer == "adam" else x.nesterov_eta
     cfg = dict(
         pca=k, flip=True, shift=shift, optimizer=optimizer, schedule="linear", eta_max=eta, lam=lam
     )

@@ -428,11 +428,9 @@ def test_validation_alone_chooses_the_evaluation(monkeypatch):
 
 def test_each_recipe_keeps_its_weights_in_its_own_folder(tmp_path):
     import bonus
-
-    class Ctx:
-        out_dir = tmp_path
     x = bonus.Exercise5()
     today, first = bonus.recipe(x, 490), bonus.first_recipe(x, 490)
-    assert bonus.models_dir(Ctx, today) == bonus.models_dir(Ctx, replace(today))
-    assert bonus.models_dir(Ctx, today) != bonus.models_dir(Ctx, first)
-    assert bonus.models_dir(Ctx, today) != bonus.models_dir(Ctx, replace(today, n_s=today.n_s + 1))
+    assert bonus.models_dir(tmp_path, today) == bonus.models_dir(tmp_path, replace(today))
+    assert bonus.models_dir(tmp_path, today) != bonus.models_dir(tmp_path, first)
+    longer = replace(today, n_s=today.n_s + 1)
+    assert bonus.models_dir(tmp_path, today) != bonus.models_dir(tmp_path, longer)
