@@ -1,32 +1,68 @@
-"""Exercise 5 of DD2424 Assignment 2, the experiment: how far the two-layer network of
-assignment2.py gets with its Exercise 5 mechanisms (width, augmentation, Adam, W1 in a principal
-subspace; Nesterov momentum, cyclic SGD and dropout in the ablation), stated as named configs, run
-by one driver.
+"""DD2424 Assignment 2, Exercise 5: a stronger two-layer network, on assignment2.py's network.
 
-    python assignment2.py bonus      # the recipe, 4 networks: about 80 minutes on 2 cores
-    python assignment2.py explore    # the ablation at the recipe's budget on 45,000 / 5,000: hours
+    python3 bonus.py --data-dir DIR            # the recipe, 4 networks: about 80 minutes on 2 cores
+    python3 bonus.py explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 2.5 hours
+    python3 bonus.py --quick                   # tiny sizes, a smoke test in seconds
 
-The recipe (one hidden layer of m units, W1 trained in the top principal directions, mirroring and
-shifts, Adam with a linearly decaying eta, no dropout) is trained `members` times with
-consecutive seeds; averaging the logits of k networks is one wider two-layer network (hidden units
-concatenated, W2 scaled by 1/k), and validation picks how many to concatenate and how the network
-looks at a test image (itself, with its mirror image, or with moved copies too). The same is done
-with the next seeds, so the final settings are measured twice. Every trial is appended to
-bonus.jsonl as it finishes, so a rerun resumes; results_bonus.json holds the trials keyed by name
-and report/bonus.typ looks them up by those names. Each trained network meets the test set once.
+The mechanisms: augmentation (mirroring and translations, one gather per batch), dropout (in
+assignment2.forward / backward), W1 trained in the top principal directions of the images,
+Nesterov momentum and Adam, test-time views, and networks made of networks. They plug into
+assignment2.train through its hooks: get_batch (where a batch comes from), step (how parameters
+are updated), on_eval (a run saves its progress at each evaluation point).
+
+The recipe (one hidden layer of m units, W1 in the top principal directions, mirroring and
+shifts, Adam with eta falling linearly to 0) is trained `members` times with consecutive seeds;
+averaging k networks' scores is one wider network, and validation picks how many and how the
+network looks at an image (plain, with its mirror image, or with moved copies too). The next
+seeds repeat that choice. Every finished run goes to bonus.jsonl under the key of all that made
+it (harness.py), its weights to models/; a rerun reuses them, and a run cut short resumes.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
+import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 import assignment2 as a
-from assignment2 import Config
-from report.build import pct
-from runfiles import short_hash, write_atomic
+import harness
+
+HERE = Path(__file__).resolve().parent
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Exercise 5's settings of one network, beside its assignment2.Config."""
+    optimizer: str = "adam"  # sgd (eqs. 10-11), nesterov, adam
+    schedule: str = "linear"  # eta_max falling linearly to 0, or cyclic (eqs. 14-15)
+    flip: bool = True  # mirror each training image left-right with probability 1/2
+    shift: int = 3  # and move it by tx, ty in [-shift, shift] pixels, edges repeated
+    pca: int = 512  # train W1 in the top pca principal directions (0: all of pixel space)
+    p_drop: float = 0.0  # probability of dropping a hidden unit in training (inverted dropout)
+    momentum: float = 0.9  # Nesterov momentum
+    beta1: float = 0.9  # Adam's decay of the first moment
+    beta2: float = 0.999  # Adam's decay of the second moment
+    eps: float = 1e-8  # Adam's guard against division by zero
+
+
+def check_extras(x: Extras) -> None:
+    bad = [f"{k}={getattr(x, k)!r}" for k, ok in (
+        ("optimizer", x.optimizer in ("sgd", "nesterov", "adam")),
+        ("schedule", x.schedule in ("linear", "cyclic")), ("shift", 0 <= x.shift <= 8),
+        ("pca", 0 <= x.pca <= a.D), ("p_drop", 0 <= x.p_drop < 1),
+        ("momentum", 0 <= x.momentum < 1), ("beta1", 0 <= x.beta1 < 1),
+        ("beta2", 0 <= x.beta2 < 1), ("eps", x.eps > 0)) if not ok]
+    if bad:
+        raise a.ConfigError("invalid Exercise 5 settings: " + ", ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -35,80 +71,274 @@ class Exercise5:
     m: int = 4096  # hidden units of one network
     pca: int = 512  # W1 is trained in the top pca principal directions of the training images
     lam: float = 2.5e-4  # L2 penalty of eq. 7 (torch's weight decay 5e-4 on the weights)
-    optimizer: str = "adam"  # Adam (beta1 0.9, beta2 0.999), eta falls linearly from ...
-    eta: float = 1e-3  # ... here (Kingma and Ba's suggested step size) to 0 ...
+    eta: float = 1e-3  # Adam's step size (Kingma and Ba's), falling linearly to 0 ...
     epochs: int = 140  # ... over this many epochs of batches of 100
     shift: int = 3  # every image mirrored with probability 1/2 and moved by up to 3 pixels
     points: int = 15  # evaluation points on each curve
-    members: int = 2  # the final network: up to this many runs, hidden units concatenated
+    members: int = 2  # the final network: up to this many runs, hidden units side by side
     seeds: int = 2  # ... all made again with the next seeds: members * seeds runs
-    cyclic_eta: float = 0.075  # the ablation's cyclic SGD: eta_max (the earlier range test's) ...
+    nesterov_eta: float = 0.02  # the ablation: Nesterov momentum 0.9 instead of Adam
+    cyclic_eta: float = 0.075  # ... or the cyclic SGD of eqs. 14-15, eta_max ...
     cycles: int = 3  # ... over this many cycles
-    nesterov_eta: float = 0.02  # the first recipe, the ablation's baseline: Nesterov momentum 0.9
 
 
 QUICK = Exercise5(m=40, pca=64, epochs=2, points=2, cycles=1)
 
 
-# --------------------------------------------------------------------------------------------------
-# The stages as data
-
-def recipe(x: Exercise5, per_epoch: int) -> Config:
-    """One network of the recipe: per_epoch update steps make an epoch."""
-    return Config(m=x.m, lam=x.lam, eta_max=x.eta, n_s=x.epochs * per_epoch // 2, n_cycles=1,
-                  optimizer=x.optimizer, schedule="linear", flip=True, shift=x.shift, pca=x.pca,
-                  evals_per_cycle=x.points, eval_train=False)
+def recipe(e: Exercise5, per_epoch: int) -> tuple:
+    """One network of the recipe, (Config, Extras); per_epoch update steps make an epoch."""
+    cfg = a.Config(m=e.m, lam=e.lam, eta_max=e.eta, n_s=e.epochs * per_epoch // 2, n_cycles=1,
+                   evals_per_cycle=e.points, eval_train=False)
+    return cfg, Extras(optimizer="adam", shift=e.shift, pca=e.pca)
 
 
-def first_recipe(x: Exercise5, per_epoch: int) -> Config:
-    """The recipe as it was before the ablation: SGD with Nesterov momentum 0.9 instead of Adam."""
-    return replace(recipe(x, per_epoch), optimizer="nesterov", eta_max=x.nesterov_eta)
-
-
-def ablation(x: Exercise5, per_epoch: int) -> dict:
-    """One change per row from the first recipe (Nesterov), each at the recipe's budget (the same
-    epochs); its Adam rows made Adam the recipe. A row named ", again" repeats an earlier one at
-    another place in the list, so with another random stream (stage_rng: initialisation, batches,
-    augmentation): the spread of one row's accuracy. A row named "A + B" makes the changes of rows
-    A and B together."""
-    base = first_recipe(x, per_epoch)
-    total = 2 * base.n_s  # update steps of every row
-    adam, small_lam = replace(base, optimizer="adam", eta_max=x.eta), x.lam / 25
-    return {"Nesterov": base,
-            "cyclic SGD (eqs. 14-15)": replace(base, optimizer="sgd", schedule="cyclic",
-                                               eta_max=x.cyclic_eta, n_s=total // (2 * x.cycles),
-                                               n_cycles=x.cycles,
-                                               evals_per_cycle=max(1, x.points // x.cycles)),
-            "Adam": adam,
-            f"lam={small_lam:g}": replace(base, lam=small_lam),
-            f"lam={x.lam * 4:g}": replace(base, lam=x.lam * 4),
-            "Nesterov, again": base,
-            "Adam, again": adam,
-            f"Adam + lam={small_lam:g}": replace(adam, lam=small_lam),
-            "no augmentation": replace(base, shift=0, flip=False),
-            "no translations": replace(base, shift=0),
-            "dropout 0.3": replace(base, p_drop=0.3),
-            f"m={2 * x.m}": replace(base, m=2 * x.m)}
+def ablation(e: Exercise5, per_epoch: int) -> dict:
+    """The recipe, then one change per row at the same budget. "recipe, again" repeats it with
+    another random stream: the spread of one row by chance."""
+    cfg, x = recipe(e, per_epoch)
+    total = 2 * cfg.n_s
+    cyclic = replace(cfg, eta_max=e.cyclic_eta, n_s=total // (2 * e.cycles), n_cycles=e.cycles,
+                     evals_per_cycle=max(1, e.points // e.cycles))
+    return {"recipe": (cfg, x), "recipe, again": (cfg, x),
+            "Nesterov momentum, not Adam": (replace(cfg, eta_max=e.nesterov_eta),
+                                            replace(x, optimizer="nesterov")),
+            "cyclic SGD (eqs. 14-15), not Adam": (cyclic, replace(x, optimizer="sgd",
+                                                                  schedule="cyclic")),
+            f"lam={e.lam / 25:g}": (replace(cfg, lam=e.lam / 25), x),
+            f"lam={e.lam * 4:g}": (replace(cfg, lam=e.lam * 4), x),
+            "no augmentation": (cfg, replace(x, flip=False, shift=0)),
+            "dropout 0.3": (cfg, replace(x, p_drop=0.3))}
 
 
 # --------------------------------------------------------------------------------------------------
-# Networks made of networks
+# Augmentation, dropout and the principal subspace
 
-def concatenate(nets: list[dict]) -> dict:
-    """The two-layer network whose scores are the mean of the nets' scores (eq. 3): hidden units
-    side by side, W2 and b2 divided by their number. It is one network of sum(m) hidden units."""
-    k = len(nets)
-    return {"W1": np.concatenate([p["W1"] for p in nets]),  # (k m, d)
-            "b1": np.concatenate([p["b1"] for p in nets]),  # (k m, 1)
-            "W2": np.concatenate([p["W2"] for p in nets], axis=1) / k,  # (K, k m)
-            "b2": sum(p["b2"] for p in nets) / k}  # (K, 1)
+def mirror_images(X: np.ndarray) -> np.ndarray:
+    """Every image (column) of X (D, n) mirrored left-right."""
+    return X.reshape(3, 32, 32, -1)[:, :, ::-1].reshape(a.D, -1)  # (D, n)
 
+
+def augment_source(XT: np.ndarray, flip: bool, shift: int) -> np.ndarray:
+    """The images XT (n, D) laid out once for augmentation: each (3, 32, 32) image padded by
+    shift pixels that repeat its edge, stacked with its mirror image when flip, viewed as all its
+    (32, 32) crops: (1 + flip, n, 3, 2 shift + 1, 2 shift + 1, 32, 32). Storing the mirror
+    images makes a batch one gather, at half the cost of flipping after it."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    n, s = XT.shape[0], shift
+    X = XT.reshape(n, 3, 32, 32)
+    out = np.empty((1 + flip, n, 3, 32 + 2 * s, 32 + 2 * s), XT.dtype)  # np.pad: twice as slow
+    p = out[0]
+    p[:, :, s:s + 32, s:s + 32] = X
+    p[:, :, :s, s:s + 32] = X[:, :, :1]  # top rows repeat the first row, ...
+    p[:, :, s + 32:, s:s + 32] = X[:, :, -1:]  # ... bottom rows the last
+    p[:, :, :, :s] = p[:, :, :, s:s + 1]  # then the columns, corners included
+    p[:, :, :, s + 32:] = p[:, :, :, s + 31:s + 32]
+    if flip:
+        out[1] = p[..., ::-1]
+    return sliding_window_view(out, (32, 32), axis=(3, 4))
+
+
+def augmented_batch(windows, idx, f, oy, ox) -> np.ndarray:
+    """Images idx, image i mirrored if f[i] and moved down by shift - oy[i] and right by
+    shift - ox[i] pixels: (B, D), one gather from windows = augment_source(...)."""
+    return windows[f, idx, :, oy, ox].reshape(idx.size, a.D)  # (B, 3, 32, 32) -> (B, D)
+
+
+def dropout_mask(p: float, shape: tuple, dtype, rng) -> np.ndarray | None:
+    """Inverted dropout: each hidden unit of each image kept with probability 1 - p and scaled
+    by 1 / (1 - p), so evaluation needs no mask; None without dropout."""
+    if not p:
+        return None
+    dtype = np.dtype(dtype)
+    return (rng.random(shape, dtype) < 1 - p) / dtype.type(1 - p)
+
+
+def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
+    """The k directions of largest variance of the zero-mean images XT (n, d), as orthonormal
+    columns, largest first: (d, k). W1 = V U^T with V (m, k) costs about k/d of a full W1."""
+    C = (XT.T @ XT).astype(np.float64) / XT.shape[0]  # (d, d); normalise() centred every pixel
+    _, U = np.linalg.eigh(C)  # eigenvalues ascending
+    return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
+
+
+def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
+    """The fraction of the images' pixel variance in the directions basis (d, k)."""
+    Z = XT @ basis  # (n, k)
+    return float(np.sum(Z.astype(np.float64) ** 2) / np.sum(XT.astype(np.float64) ** 2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Update rules: one signature, rule(params, grads, state, eta, t, lam, x), in place. grads holds
+# the loss gradient (eqs. 12-13 without the penalty) and serves as scratch; each rule adds the
+# L2 term 2 lam W of eq. 12. The in-place forms avoid temporaries the size of a wide W1.
+
+def add_scaled(y: np.ndarray, s: float, z: np.ndarray, c: float = 1.0) -> None:
+    """y <- c (y + s z) in place, computed as (s c) (y / s + z): no temporary."""
+    if s:
+        y *= 1 / s
+        y += z
+    y *= s * c if s else c
+
+
+def with_penalty(params: dict, grads: dict, lam: float) -> None:
+    """g <- g + 2 lam W for the weights: the whole gradient of eq. 12."""
+    for k in ("W1", "W2"):
+        if lam:
+            add_scaled(grads[k], 2 * lam, params[k])
+
+
+def sgd(params, grads, state, eta, t, lam, x) -> None:
+    """Eqs. 10-11: W <- W - eta g."""
+    with_penalty(params, grads, lam)
+    for k, g in grads.items():
+        g *= eta
+        params[k] -= g
+
+
+def nesterov(params, grads, state, eta, t, lam, x) -> None:
+    """SGD with Nesterov momentum as torch.optim.SGD(nesterov=True): v <- mu v + g, then
+    W <- W - eta (g + mu v)."""
+    with_penalty(params, grads, lam)
+    for k, g in grads.items():
+        v = state[k]
+        v *= x.momentum
+        v += g
+        add_scaled(g, x.momentum, v, eta)  # eta (g + mu v)
+        params[k] -= g
+
+
+def blend(y: np.ndarray, z: np.ndarray, b: float) -> None:
+    """y <- b y + (1 - b) z in place: Adam's moving averages."""
+    if b:
+        add_scaled(y, (1 - b) / b, z, b)
+    else:
+        np.copyto(y, z)
+
+
+def adam(params, grads, state, eta, t, lam, x) -> None:
+    """Adam (Kingma and Ba, 2015): m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, and
+    W <- W - eta m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, computed as
+    W <- W - (eta sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)), the same number with no temporary.
+    Python floats throughout: a numpy float64 scalar would run float32 arrays through float64."""
+    with_penalty(params, grads, lam)
+    c1, c2 = 1 - x.beta1 ** (t + 1), 1 - x.beta2 ** (t + 1)
+    for k, g in grads.items():
+        m, v = state["m"][k], state["v"][k]
+        blend(m, g, x.beta1)
+        g *= g
+        blend(v, g, x.beta2)
+        np.sqrt(v, out=g)
+        g += x.eps * math.sqrt(c2)
+        np.divide(m, g, out=g)
+        g *= eta * math.sqrt(c2) / c1
+        params[k] -= g
+
+
+RULES = {"sgd": sgd, "nesterov": nesterov, "adam": adam}
+
+
+def optimizer_state(params: dict, optimizer: str) -> dict:
+    """What a rule carries between steps: nothing, a velocity, or two moments."""
+    def zeros():
+        return {k: np.zeros_like(v) for k, v in params.items()}
+    return {"sgd": dict, "nesterov": zeros, "adam": lambda: {"m": zeros(), "v": zeros()}}[
+        optimizer]()
+
+
+def learning_rate(t: int, cfg: a.Config, x: Extras) -> float:
+    """eta at step t: the cyclic rate of eqs. 14-15, or eta_max falling linearly to 0."""
+    if x.schedule == "cyclic":
+        return a.cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
+    return cfg.eta_max * (1 - t / (2 * cfg.n_s * cfg.n_cycles))
+
+
+# --------------------------------------------------------------------------------------------------
+# One network, through assignment2.train's hooks
+
+def hooks(params: dict, XT: np.ndarray, basis, x: Extras) -> tuple:
+    """assignment2.train's step and get_batch for x, and the optimiser state step keeps."""
+    state, grads = optimizer_state(params, x.optimizer), {k: np.empty_like(v)
+                                                         for k, v in params.items()}
+
+    def step(params, Xb, yb, t, cfg, rng):
+        drop = dropout_mask(x.p_drop, (cfg.m, Xb.shape[1]), cfg.dtype, rng)  # (m, B) or None
+        P, H = a.forward(Xb, params, drop)
+        a.backward(Xb, yb, P, H, params, 0.0, out=grads, drop=drop)  # the rule adds the L2 term
+        RULES[x.optimizer](params, grads, state, learning_rate(t, cfg, x), t, cfg.lam, x)
+
+    if not (x.flip or x.shift):
+        return step, None, state
+    windows = augment_source(XT, x.flip, x.shift)
+
+    def get_batch(idx, rng):
+        f = rng.integers(0, 1 + x.flip, idx.size)  # one draw per image
+        oy, ox = rng.integers(0, 2 * x.shift + 1, (2, idx.size))
+        Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, D)
+        return (Xr if basis is None else Xr @ basis).T  # (D or k, B)
+    return step, get_batch, state
+
+
+def train_network(tr: a.Split, va: a.Split, cfg: a.Config, x: Extras, rng, basis=None,
+                  progress=None, log=print) -> tuple:
+    """A fresh network trained with Exercise 5's settings x: (params on pixels, history). With
+    x.pca, W1 = V U^T is trained as V (m, k) on U^T x, U = basis; ||V|| = ||W1||, so the
+    penalty is the same. progress = (path, key): save the state at each evaluation point and go
+    on from a saved one."""
+    a.check_config(cfg, tr.n)
+    check_extras(x)
+    params = a.init_params(tr.X.shape[0], cfg.m, rng, cfg.dtype)
+    XT = np.ascontiguousarray(tr.X.T, cfg.dtype)  # (n, D)
+    if x.pca:
+        params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k)
+        tr, va = a.Split((XT @ basis).T, tr.y), a.Split(basis.T @ va.X, va.y)  # (k, n)
+    step, get_batch, state = hooks(params, XT, basis if x.pca else None, x)
+    start, on_eval = resume(progress, params, state, rng, log) if progress else (None, None)
+    hist = a.train(params, tr, va, cfg, rng, log, step=step, get_batch=get_batch,
+                   on_eval=on_eval, start=start)
+    if x.pca:
+        params["W1"] = np.asfortranarray(params["W1"] @ basis.T)  # (m, d)
+    return params, hist
+
+
+def resume(progress: tuple, params: dict, state: dict, rng, log) -> tuple:
+    """(start, on_eval) for assignment2.train: the saved state of the run, if any, and a hook
+    that saves it at every evaluation point."""
+    path, key = progress
+    arrays = {f"p/{k}": v for k, v in params.items()} | {
+        f"s/{k}": v for k, v in harness_flat(state).items()}
+
+    def on_eval(s):
+        meta = {"t": s["t"], "seconds": s["hist"]["seconds"][-1], "hist": s["hist"],
+                "rng": rng.bit_generator.state}
+        harness.save_progress(path, key, meta, arrays | {"perm": s["perm"]})
+
+    saved = harness.load_progress(path, key, arrays, log)
+    if not saved:
+        return None, on_eval
+    meta, stored = saved
+    for k, v in arrays.items():
+        v[...] = stored[k]  # in place, keeping each array's memory order
+    rng.bit_generator.state = meta["rng"]
+    log(f"resumed at step {meta['t']} from {path.name}")
+    return {"t": meta["t"], "perm": stored["perm"], "hist": meta["hist"]}, on_eval
+
+
+def harness_flat(state: dict, prefix: str = "") -> dict:
+    """The arrays of a nested dict of arrays, by path."""
+    out = {}
+    for k, v in state.items():
+        out |= harness_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Test-time views and networks made of networks
 
 def views(shift: int) -> dict:
-    """The evaluations validation chooses from: each image classified by the mean of its class
-    probabilities (eq. 4) over views (mirrored, dy, dx) of it. 'plain' is the image alone (eq. 6),
-    'mirrored' adds its mirror image, 'mirrored, moved s' adds both moved s pixels up, down, left
-    and right (the border filled as in training): 10 forward passes."""
+    """The evaluations validation chooses from: an image classified by the mean of its class
+    probabilities (eq. 4) over views (mirrored, dy, dx) of it: itself ('plain', eq. 6), with its
+    mirror image ('mirrored'), and both moved s pixels up, down, left and right too
+    ('mirrored, moved s', 10 forward passes)."""
     out = {"plain": ((0, 0, 0),), "mirrored": ((0, 0, 0), (1, 0, 0))}
     for s in range(1, shift + 1):
         out[f"mirrored, moved {s}"] = tuple(
@@ -116,156 +346,199 @@ def views(shift: int) -> dict:
     return out
 
 
-def view_probs(X: np.ndarray, params: dict, views: tuple) -> np.ndarray:
-    """The mean of P (eq. 4) over the views of every image (column) of X (d, n): (K, n)."""
-    s = max(max(abs(dy), abs(dx)) for _, dy, dx in views)
-    windows = a.augment_source(np.ascontiguousarray(X.T), True, s)  # as training pads them
-    n = X.shape[1]
-    idx, P = np.arange(n), np.zeros((a.K, n), X.dtype)  # (K, n)
-    for f, dy, dx in views:
-        Xv = a.augmented_batch(windows, idx, np.full(n, f), np.full(n, s - dy), np.full(n, s - dx))
-        P += a.forward(Xv.T, params)[0]  # Xv (n, d)
-    return P / len(views)
-
-
 def view_accuracy(d: a.Split, params: dict, views: tuple, chunk: int = 2500) -> float:
-    """The accuracy on split d when each image is classified by view_probs(), in chunks of images
-    to bound memory."""
-    correct = sum(int(np.sum(np.argmax(view_probs(d.X[:, i:i + chunk], params, views), axis=0)
-                             == d.y[i:i + chunk])) for i in range(0, d.n, chunk))
+    """The accuracy on d when each image is classified by the mean of P over its views."""
+    s, correct = max(max(abs(dy), abs(dx)) for _, dy, dx in views), 0
+    for i in range(0, d.n, chunk):
+        X = d.X[:, i:i + chunk]  # (D, c)
+        windows = augment_source(np.ascontiguousarray(X.T), True, s)  # padded as in training
+        n, P = X.shape[1], 0
+        for f, dy, dx in views:
+            Xv = augmented_batch(windows, np.arange(n), np.full(n, f), np.full(n, s - dy),
+                                 np.full(n, s - dx))  # (c, D)
+            P = P + a.forward(Xv.T, params)[0]  # (K, c)
+        correct += int(np.sum(np.argmax(P, axis=0) == d.y[i:i + chunk]))
     return correct / d.n
 
 
-def measure(params: dict, splits: tuple, lam: float, shift: int,
-            evaluation: str | None = None) -> dict:
-    """Validation and test accuracy, plain and with mirrored averaging; the validation accuracy of
-    every evaluation of views(shift), and the test accuracy with `evaluation`, by default the one
-    validation prefers (the first of equals, the simplest: the test set chooses nothing)."""
-    _, va, te = splits
-    res = {f"{s}_acc{tail}": a.evaluate(d.X, d.y, params, lam, mirror=mirror)["acc"]
-           for s, d in (("val", va), ("test", te)) for tail, mirror in (("", False),
-                                                                         ("_mirror", True))}
-    known = {"plain": "_acc", "mirrored": "_acc_mirror"}  # measured above already
+def concatenate(nets: list) -> dict:
+    """The two-layer network whose scores (eq. 3) are the mean of the nets': hidden units side
+    by side, W2 side by side divided by their number, the mean of b2."""
+    k = len(nets)
+    return {"W1": np.concatenate([p["W1"] for p in nets]),  # (k m, d)
+            "b1": np.concatenate([p["b1"] for p in nets]),  # (k m, 1)
+            "W2": np.concatenate([p["W2"] for p in nets], axis=1) / k,  # (K, k m)
+            "b2": sum(p["b2"] for p in nets) / k}  # (K, 1)
 
-    def accuracy(split: str, d: a.Split, name: str) -> float:
-        return (res[split + known[name]] if name in known else
-                view_accuracy(d, params, views(shift)[name]))
-    res["val_acc_views"] = {n: accuracy("val", va, n) for n in views(shift)}
-    evaluation = evaluation or max(res["val_acc_views"], key=res["val_acc_views"].get)
-    acc = accuracy("test", te, evaluation)
-    return res | {"evaluation": evaluation, "test_acc_chosen": acc}
+
+def measure(params: dict, splits: tuple, shift: int, evaluation: str | None = None) -> dict:
+    """The validation accuracy with every evaluation of views(shift), and the test accuracy
+    with `evaluation`, by default the one validation prefers (the first of equals)."""
+    _, va, te = splits
+    val = {name: view_accuracy(va, params, v) for name, v in views(shift).items()}
+    evaluation = evaluation or max(val, key=val.get)
+    test = {name: view_accuracy(te, params, views(shift)[name])
+            for name in dict.fromkeys(("plain", "mirrored", evaluation))}
+    return {"val_acc": val["plain"], "val_acc_mirror": val["mirrored"], "test_acc": test["plain"],
+            "test_acc_mirror": test["mirrored"], "val_acc_views": val, "evaluation": evaluation,
+            "test_acc_chosen": test[evaluation]}
 
 
 # --------------------------------------------------------------------------------------------------
-# The driver
+# The experiment
 
-def stage(ctx, name: str, cfgs: dict, which: str = "final", seed: int | None = None,
-          basis=None, **record) -> dict:
-    """Run one stage's trials on the splits `which` (assignment2.run_trials): {name: trial};
-    record: what else to keep (a.Stage)."""
-    seed = ctx.seed if seed is None else seed
-    done = a.run_trials(a.Stage(name, tuple(cfgs.items()), **record), ctx.data(which), seed,
-                        ctx.out_dir / "bonus.jsonl", ctx.log, basis)
-    # a trial's cache key holds its settings, not its label: a cached one takes today's label
-    return {label: t | {"name": label} for label, t in zip(cfgs, done)}
+class Experiment:
+    """One output folder of Exercise 5: its data, its trials file, its weights."""
+
+    def __init__(self, data_dir: Path, out_dir: Path, seed: int, quick: bool, log=print):
+        self.data_dir, self.out_dir, self.seed, self.log = data_dir, out_dir, seed, log
+        self.e = QUICK if quick else Exercise5()
+        self.limit = 2000 if quick else None
+        self.code = harness.fingerprint(HERE / "assignment2.py", HERE / "bonus.py",
+                                        HERE / "harness.py")
+        self.trials = harness.Trials(out_dir / "bonus.jsonl", trial_problem, log)
+
+    def splits(self, n_val: int) -> tuple:
+        """Normalised (train, val, test): the last n_val of the five batches validate."""
+        five = a.concat([a.load_batch(self.data_dir / f) for f in a.CIFAR_FILES[:5]])
+        tr, va = a.split_last(a.head(five, self.limit and self.limit + n_val), n_val)
+        return tuple(a.normalise(tr, va, a.load_batch(self.data_dir / "test_batch")))
+
+    def trial(self, stage: str, i: int, label: str, cfg, x, splits, seed: int, basis) -> dict:
+        """A trained network's record, with its weights in models/: reused when one with the
+        same key is there, else trained (resuming a run cut short) and recorded."""
+        tr, va, te = splits
+        key = {"stage": stage, "trial": i, "seed": seed, "n_train": tr.n, "n_val": va.n,
+               **asdict(cfg), **asdict(x), "code": self.code,
+               "data": harness.arrays_fingerprint(tr.X, tr.y, va.X, va.y, te.X, te.y)}
+        name = harness.short_hash(harness.key_text(key))
+        weights = self.out_dir / "models" / f"{name}.npz"
+        if (hit := self.trials.get(key)) is not None and weights.is_file():
+            self.log(f"{label}: kept from bonus.jsonl, val acc {hit['val_acc']}")
+            return hit | {"name": label}
+        rng = np.random.default_rng([seed, 16 if stage == "recipe" else 17, i])
+        progress = (self.out_dir / f"bonus.{name}.progress.npz", key)
+        try:
+            params, hist = train_network(tr, va, cfg, x, rng, basis, progress,
+                                         log=lambda s: self.log(f"{label}: {s}"))
+        except a.Diverged as e:
+            self.log(f"{label}: {e}")
+            params, hist = None, None
+        rec = record_trial(label, seed, cfg, params, hist, va, te if stage == "recipe" else None)
+        if params is not None:
+            with a.atomic_path(weights) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **params)
+        self.trials.add(rec | {"key": key})
+        progress[0].unlink(missing_ok=True)  # the trial is in bonus.jsonl now
+        return rec | {"key": key}
+
+    def weights(self, trial: dict) -> dict:
+        name = harness.short_hash(harness.key_text(trial["key"]))
+        with np.load(self.out_dir / "models" / f"{name}.npz") as f:
+            return {k: f[k] for k in ("W1", "b1", "W2", "b2")}
 
 
-def models_dir(out_dir: Path, cfg: Config) -> Path:
-    """Where the recipe's runs keep their weights: a folder per recipe, named by a hash of its
-    settings, since a.weights_path names a file by stage, trial, seed and size only, and another
-    recipe's runs must not overwrite these."""
-    settings = json.dumps(asdict(cfg), sort_keys=True)
-    return Path(out_dir) / "models" / f"recipe_{short_hash(settings)}"
+def record_trial(label: str, seed: int, cfg, params, hist, va, te) -> dict:
+    """What is kept of a trained network: its curves and accuracies, plain and mirrored (the
+    test set seen once per evaluation)."""
+    if params is None:
+        return {"name": label, "seed": seed, "lam": cfg.lam, "diverged": True, "val_acc": None}
+    mirrored = views(0)["mirrored"]
+    rec = {"name": label, "seed": seed, "lam": cfg.lam, "diverged": False,
+           "val_acc": hist["val_acc"][-1], "best_val_acc": max(hist["val_acc"]),
+           "train_acc": hist["train_acc"][-1],
+           "val_acc_mirror": view_accuracy(va, params, mirrored)}
+    if te is not None:  # the ablation (te None) never looks at the test set
+        rec |= {"test_acc": a.evaluate(te.X, te.y, params, cfg.lam)["acc"],
+                "test_acc_mirror": view_accuracy(te, params, mirrored)}
+    return rec | {"seconds": hist["seconds"][-1], "history": hist}
 
 
-def run(ctx) -> dict:
-    """The recipe's networks, then the networks made of them; returns results_bonus.json."""
-    x = QUICK if ctx.plan.quick else Exercise5()
-    splits = ctx.data("final")
+def trial_problem(t: dict) -> str | None:
+    """None for a trial record this program could have written."""
+    accs = [v for k, v in t.items() if k.endswith("_acc")]
+    if not isinstance(t.get("diverged"), bool) or not isinstance(t.get("seed"), int):
+        return "not a trial record"
+    if not t["diverged"] and not all(harness.is_fraction(v) for v in accs):
+        return "an accuracy outside [0, 1]"
+    return None
+
+
+def run_recipe(ex: Experiment) -> dict:
+    """The recipe's networks, then the networks made of them: results_bonus.json."""
+    e, splits = ex.e, ex.splits(1000 if not ex.limit else 200)
     tr, va, _ = splits
-    cfg = recipe(x, tr.n // Config.n_batch)
-    plot_augmentation(ctx.raw(["data_batch_1"]).X[:, :8].T, ctx.figure("augmentation.png"), x.shift)
-    basis = ctx.basis("final", x.pca)  # one eigendecomposition for every network
-    kept = a.pca_variance_kept(np.ascontiguousarray(tr.X.T), basis)
-    ctx.log(f"bonus: the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
-    models = models_dir(ctx.out_dir, cfg)
-    record = dict(test=True, mirror=True, history=True, save_dir=models, verbose=True, basis=basis)
-    seeds = range(ctx.seed, ctx.seed + x.members * x.seeds)
-    nets = {}
-    for s in seeds:
-        [trial] = stage(ctx, "bonus_recipe", {f"seed {s}": cfg}, seed=s, **record).values()
-        if trial["diverged"]:
-            raise a.Diverged(f"the recipe diverged with seed {s}")
-        nets[trial["name"]] = trial
-    runs = list(nets.values())
-    groups = [runs[g * x.members:(g + 1) * x.members] for g in range(x.seeds)]  # by seeds
-    # the networks made of the first 1, 2, ..., members runs of the first group
-    first = [combined(groups[0][:k], splits, cfg, models, x.shift, log=ctx.log)
-             for k in range(1, x.members + 1)]
-    # validation picks how many runs and which evaluation; the next seeds repeat that choice
+    cfg, x = recipe(e, tr.n // a.Config.n_batch)
+    XT = np.ascontiguousarray(tr.X.T)
+    basis = pca_basis(XT, x.pca)  # one eigendecomposition for every network
+    kept = pca_variance_kept(XT, basis)
+    ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
+    del XT
+    runs = [ex.trial("recipe", 0, f"seed {s}", cfg, x, splits, s, basis)
+            for s in range(ex.seed, ex.seed + e.members * e.seeds)]
+    if any(t["diverged"] for t in runs):
+        raise a.Diverged("the recipe diverged")
+    groups = [runs[g * e.members:(g + 1) * e.members] for g in range(e.seeds)]
+    first = [combined(ex, groups[0][:k], splits, cfg.m, x.shift) for k in range(1, e.members + 1)]
     final = max(first, key=lambda t: t["val_acc_views"][t["evaluation"]])
-    again = [combined(g[:final["k"]], splits, cfg, models, x.shift, final["evaluation"], ctx.log)
+    again = [combined(ex, g[:final["k"]], splits, cfg.m, x.shift, final["evaluation"])
              for g in groups[1:]]
-    plot_minutes(groups[0], first, ctx.figure("bonus_minutes.png"))
-    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept, "recipe": asdict(cfg),
-            "epochs": x.epochs, "members": x.members, "views": list(views(x.shift)),
-            "runs": {n: clean(t) for n, t in nets.items()},
-            "combined": {t["name"]: t for t in first},
-            "fast": first[0], "final": final, "final_seeds": [final] + again,
-            "train_seconds": round(sum(t["seconds"] for t in nets.values()), 1)}
+    plot_minutes(groups[0], first, ex.out_dir / "figures" / "bonus_minutes.png")
+    raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
+    plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
+    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
+            "recipe": asdict(cfg) | asdict(x), "epochs": e.epochs, "members": e.members,
+            "views": list(views(x.shift)), "runs": {t["name"]: clean(t) for t in runs},
+            "combined": {t["name"]: t for t in first}, "fast": first[0], "final": final,
+            "final_seeds": [final] + again,
+            "train_seconds": round(sum(t["seconds"] for t in runs), 1)}
 
 
-def combined(runs: list[dict], splits: tuple, cfg: Config, models: Path, shift: int,
-             evaluation: str | None = None, log=print) -> dict:
-    """The network made of the trained runs (concatenate()), measured; one run is itself. With
-    evaluation: tested with that evaluation (validation chose it for another network)."""
-    stage_ = a.Stage("bonus_recipe", (), save_dir=models)
-    nets = []
-    for t in runs:
-        with np.load(a.weights_path(stage_, 0, t["seed"], splits[0], cfg)) as f:
-            nets.append({k: f[k] for k in ("W1", "b1", "W2", "b2")})
-    params, k, seeds = concatenate(nets), len(runs), [t["seed"] for t in runs]
+def combined(ex: Experiment, runs: list, splits: tuple, m: int, shift: int,
+             evaluation: str | None = None) -> dict:
+    """The network made of the trained runs, measured; one run is itself. With evaluation:
+    tested with that one (validation chose it for another network)."""
+    params, k, seeds = concatenate([ex.weights(t) for t in runs]), len(runs), [
+        t["seed"] for t in runs]
     name = (f"1 network (seed {seeds[0]})" if k == 1 else
-            f"{k} networks (seeds {', '.join(map(str, seeds))}) as one of m={k * cfg.m}")
-    res = {"name": name, "k": k, "m": k * cfg.m, "seeds": seeds,
+            f"{k} networks (seeds {', '.join(map(str, seeds))}) as one of m={k * m}")
+    res = {"name": name, "k": k, "m": k * m, "seeds": seeds,
            "seconds": round(sum(t["seconds"] for t in runs), 1)}
-    res |= measure(params, splits, cfg.lam, shift, evaluation)
-    log(f"{name}: val acc " + ", ".join(f"{v} {acc:.4f}" for v, acc in res["val_acc_views"].items())
-        + f"; test acc {res['test_acc_chosen']:.4f} ({res['evaluation']})")
+    res |= measure(params, splits, shift, evaluation)
+    ex.log(f"{name}: val acc " + ", ".join(f"{v} {acc:.4f}" for v, acc in
+                                           res["val_acc_views"].items())
+           + f"; test acc {res['test_acc_chosen']:.4f} ({res['evaluation']})")
     return res
 
 
-def explore(ctx) -> dict:
-    """The ablation of the recipe at its budget on the search split (45,000 / 5,000): validation
-    only, no test set. results_explore.json is written again after every row, so the rows done so
-    far can be read while the rest train (hours); returns the whole of it."""
-    x = QUICK if ctx.plan.quick else Exercise5()
-    tr, va, _ = ctx.data("search")
-    rows, basis = ablation(x, tr.n // Config.n_batch), ctx.basis("search", x.pca)
-    for n in range(1, len(rows) + 1):  # the rows done are read back from bonus.jsonl each time
-        done = stage(ctx, "explore", dict(list(rows.items())[:n]), which="search", history=True,
-                     verbose=True, basis=basis)
-        res = {"n_train": tr.n, "n_val": va.n, "rows_planned": list(rows),
-               "rows": {name: clean(t) for name, t in done.items()},
-               "train_seconds": round(sum(t["seconds"] for t in done.values()), 1)}
-        if n < len(rows):
-            save(ctx.out_dir, "explore", res)
+def explore(ex: Experiment) -> dict:
+    """The ablation at the recipe's budget on 45,000 / 5,000, validation only; the results
+    file is written again after every row, so the rows done can be read while the rest train."""
+    splits = ex.splits(5000 if not ex.limit else 500)
+    tr, va, _ = splits
+    rows = ablation(ex.e, tr.n // a.Config.n_batch)
+    basis = pca_basis(np.ascontiguousarray(tr.X.T), ex.e.pca)
+    res = {"n_train": tr.n, "n_val": va.n, "rows_planned": list(rows), "rows": {}}
+    for i, (label, (cfg, x)) in enumerate(rows.items()):
+        t = ex.trial("explore", i, label, cfg, x, splits, ex.seed, basis)
+        res["rows"][label] = clean(t)
+        res["train_seconds"] = round(sum(r.get("seconds", 0) for r in res["rows"].values()), 1)
+        save(ex.out_dir, "explore", res, format_explore)
     return res
 
 
 def clean(trial: dict) -> dict:
-    """A trial without its cache key, for the results files (its curve stays)."""
+    """A trial without its key, for the results files."""
     return {k: v for k, v in trial.items() if k != "key"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Outputs
 
-def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
-    """Validation accuracy against minutes of training, the runs drawn one after another as they
-    were trained, and each network made of the first k runs at the minutes they took together."""
-    plt = a._pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+def plot_minutes(runs: list, nets: list, path: Path) -> None:
+    """Validation accuracy against minutes of training, the runs one after another, and each
+    network made of the first k runs at the minutes they took together."""
+    fig, ax = a.pyplot().subplots(figsize=(6.4, 3.8))
     start = 0.0
     for t in runs:
         h = t["history"]
@@ -273,16 +546,13 @@ def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
                 label=f"one run, {t['name']}")
         start += t["seconds"]
     for t, marker in zip(nets, "sD^v"):
-        ax.plot(t["seconds"] / 60, t["val_acc"], marker, color="black", ms=7,
-                label=f"{t['k']} run(s) as one network")
-        ax.plot(t["seconds"] / 60, t["val_acc_mirror"], marker, color="black", ms=7, mfc="none",
-                label="... with mirrored averaging")
-        ax.plot(t["seconds"] / 60, t["val_acc_views"][t["evaluation"]], marker, color="tab:red",
-                ms=7, label=f"... {t['evaluation']} (validation's pick)")
+        for view, color, fill in (("plain", "black", None), ("mirrored", "black", "none"),
+                                  (t["evaluation"], "tab:red", None)):
+            ax.plot(t["seconds"] / 60, t["val_acc_views"][view], marker, color=color, ms=7,
+                    mfc=fill, label=f"{t['k']} run(s) as one network, {view}")
     low = min(min(t["history"]["val_acc"][1:] or [0]) for t in runs)  # the untrained point aside
     ax.set(xlabel="minutes of training", ylabel="validation accuracy",
-           ylim=(max(0, low - 0.02), None),
-           title="the recipe: validation accuracy against training time")
+           ylim=(max(0, low - 0.02), None), title="the recipe: validation accuracy against time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -290,20 +560,15 @@ def plot_minutes(runs: list[dict], nets: list[dict], path: Path) -> None:
 
 
 def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
-    """A grid of training images (rows of XT, raw pixels) and their mirrored and moved versions."""
-    plt = a._pyplot()
-    n = XT.shape[0]
-    windows = a.augment_source(XT.astype(np.float32), True, shift)
-
-    def full(v):
-        return np.full(n, v)
+    """Training images (rows of XT, raw pixels) and mirrored and moved versions of them."""
+    n, windows = XT.shape[0], augment_source(XT.astype(np.float32), True, shift)
     rows = [("original", 0, 0, 0), ("mirrored", 1, 0, 0), (f"right {shift}", 0, shift, 0),
             (f"left {shift}, down {shift}", 0, -shift, shift),
             (f"mirrored, up {shift}", 1, 0, -shift)]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
+    fig, axes = a.pyplot().subplots(len(rows), n, figsize=(1.3 * n, 1.45 * len(rows)))
     for r, (label, f, tx, ty) in enumerate(rows):
-        batch = a.augmented_batch(windows, np.arange(n), full(f), full(shift - ty),
-                                  full(shift - tx))  # (n, D)
+        batch = augmented_batch(windows, np.arange(n), np.full(n, f), np.full(n, shift - ty),
+                                np.full(n, shift - tx))  # (n, D)
         for c in range(n):
             axes[r, c].imshow(batch[c].reshape(3, 32, 32).transpose(1, 2, 0).astype(np.uint8))
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
@@ -315,56 +580,77 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
 
 def format_bonus(res: dict) -> str:
     """results_bonus.txt: the Exercise 5 numbers for people."""
-    r = res["recipe"]
-    optimizer = "Adam" if r["optimizer"] == "adam" else f"Nesterov momentum {r['momentum']:g}"
-    out = [f"Exercise 5: the recipe (training on {res['n_train']} images, validation on "
-           f"{res['n_val']}; training times in seconds on this machine)", "",
-           f"One network: m={r['m']}, W1 in the top {r['pca']} principal directions "
+    pct, r = a.pct, res["recipe"]
+    out = [f"Exercise 5: the recipe, {res['n_train']} training / {res['n_val']} validation images",
+           f"one network: m={r['m']}, W1 in the top {r['pca']} principal directions "
            f"({100 * res['pca_variance_kept']:.2f}% of the variance), lam={r['lam']:g}, "
-           f"{optimizer}, eta {r['eta_max']:g} falling linearly to 0 over "
-           f"{res['epochs']} epochs, batches of {r['n_batch']}, mirroring and shifts of up to "
-           f"{r['shift']} pixels, no dropout", "",
-           f"{'run':<12} {'val acc':>8} {'test acc':>9} {'mirrored val/test':>18} {'time s':>7}"]
-    for t in res["runs"].values():
-        out.append(f"{t['name']:<12} {pct(t['val_acc']):>8} {pct(t['test_acc']):>9} "
-                   f"{pct(t['val_acc_mirror']) + ' / ' + pct(t['test_acc_mirror']):>18} "
-                   f"{t['seconds']:>7.0f}")
-    out += ["", "Networks made of the first runs, validation accuracy with each evaluation:",
-            f"{'network':<44} " + " ".join(f"{v:>{max(8, len(v))}}" for v in res["views"])]
+           f"{r['optimizer']}, eta {r['eta_max']:g} falling linearly to 0 over {res['epochs']} "
+           f"epochs, mirroring and shifts of up to {r['shift']} pixels", "",
+           f"{'run':<12} {'val acc':>8} {'test acc':>9} {'minutes':>8}"]
+    out += [f"{t['name']:<12} {pct(t['val_acc']):>8} {pct(t['test_acc']):>9} "
+            f"{t['seconds'] / 60:>8.1f}" for t in res["runs"].values()]
+    out += ["", "validation accuracy with each evaluation:"]
     for t in res["combined"].values():
-        out.append(f"{t['name']:<44} " + " ".join(
-            f"{pct(t['val_acc_views'][v]):>{max(8, len(v))}}" for v in res["views"]))
-    out += ["", f"{'network':<44} {'evaluation (validation picks)':<30} {'test acc':>9} "
-            f"{'plain':>7} {'mirrored':>8} {'time s':>7}"]
-    for t in list(res["combined"].values()) + res["final_seeds"][1:]:
-        out.append(f"{t['name']:<44} {t['evaluation']:<30} {pct(t['test_acc_chosen']):>9} "
-                   f"{pct(t['test_acc']):>7} {pct(t['test_acc_mirror']):>8} {t['seconds']:>7.0f}")
-    fast, final = res["fast"], res["final"]
-    out += ["", f"Fast recipe, {fast['name']}: test accuracy {pct(fast['test_acc_chosen'])} "
-            f"({fast['evaluation']} evaluation, as validation prefers), {fast['seconds'] / 60:.1f} "
-            "minutes of training",
-            f"Final network (validation picks how many runs and the evaluation): {final['name']}: "
-            f"test accuracy {pct(final['test_acc_chosen'])} ({final['evaluation']}), "
-            f"{final['seconds'] / 60:.1f} minutes of training",
-            "The same settings with the next seeds: " + "; ".join(
-                f"{t['name']}: {pct(t['test_acc_chosen'])} ({t['evaluation']})"
-                for t in res["final_seeds"][1:]),
-            "", f"Training time of all the runs above: {res['train_seconds']:.0f} s "
-            f"({res['train_seconds'] / 60:.0f} minutes)"]
+        out.append(f"  {t['name']}: " + ", ".join(f"{v} {pct(acc)}"
+                                                  for v, acc in t["val_acc_views"].items()))
+    out += ["", "test accuracy with the evaluation validation picks:"]
+    out += [f"  {t['name']}: {pct(t['test_acc_chosen'])} ({t['evaluation']}), "
+            f"{t['seconds'] / 60:.1f} minutes" for t in list(res["combined"].values())
+            + res["final_seeds"][1:]]
+    out += ["", f"fast recipe: {res['fast']['name']}; final network: {res['final']['name']}",
+            f"training time of all the runs: {res['train_seconds'] / 60:.1f} minutes"]
     return "\n".join(out) + "\n"
 
 
 def format_explore(res: dict) -> str:
     """results_explore.txt: the ablation at the recipe's budget."""
-    out = [f"Exercise 5: the recipe's ablation (training on {res['n_train']} images, validation on "
-           f"{res['n_val']}; one change per row; times in seconds on this machine)", "",
-           f"{'row':<28} {'val acc':>8} {'time s':>7}"]
-    out += [f"{n:<28} {pct(t['val_acc']):>8} {t['seconds']:>7.0f}" for n, t in res["rows"].items()]
-    return "\n".join(out + ["", f"Training time: {res['train_seconds']:.0f} s"]) + "\n"
+    out = [f"Exercise 5's ablation: {res['n_train']} training / {res['n_val']} validation images, "
+           f"one change per row", "", f"{'row':<36} {'val acc':>8} {'minutes':>8}"]
+    out += [f"{n:<36} {a.pct(t['val_acc']):>8} {t.get('seconds', 0) / 60:>8.1f}"
+            for n, t in res["rows"].items()]
+    return "\n".join(out) + "\n"
 
 
-def save(out_dir: Path, step: str, res: dict) -> None:
-    """results_<step>.json and .txt (step: bonus or explore), each written whole."""
-    text = format_bonus(res) if step == "bonus" else format_explore(res)
-    write_atomic(Path(out_dir) / f"results_{step}.json", json.dumps(res, indent=1) + "\n")
-    write_atomic(Path(out_dir) / f"results_{step}.txt", text)
+def save(out_dir: Path, step: str, res: dict, fmt) -> None:
+    """results_<step>.json and .txt, each written whole."""
+    a.write_atomic(out_dir / f"results_{step}.json", json.dumps(res, indent=1) + "\n")
+    a.write_atomic(out_dir / f"results_{step}.txt", fmt(res))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("step", nargs="?", default="recipe", choices=["recipe", "explore"])
+    p.add_argument("--data-dir", default=None, help="folder of the CIFAR-10 python batches "
+                   "(default: $CIFAR10_DIR, else data/cifar-10-batches-py)")
+    p.add_argument("--out-dir", help="default: this folder, or runs/bonus-quick/ for --quick")
+    p.add_argument("--seed", type=int, default=0, help="the first run's seed (default: 0)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    args = p.parse_args(argv)
+    try:
+        default = HERE / "data" / "cifar-10-batches-py"
+        data_dir = a.ensure_data(Path(args.data_dir or os.environ.get("CIFAR10_DIR")
+                                      or default), not args.data_dir and not
+                                 os.environ.get("CIFAR10_DIR"))
+        out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))
+        with a.folder_lock(out):
+            ex = Experiment(data_dir, out, args.seed, args.quick)
+            t0 = time.perf_counter()
+            if args.step == "recipe":
+                save(out, "bonus", run_recipe(ex), format_bonus)
+            else:
+                explore(ex)
+        print(f"done in {time.perf_counter() - t0:.0f} s: {out}")
+        return 0
+    except (a.DataError, a.ConfigError, a.Diverged, a.StateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are in bonus.jsonl, a run cut short resumes from its "
+              "last evaluation point; run the same command again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,69 +1,81 @@
-"""The program as a user runs it: import safety, --help, clear errors, the --quick pipeline end
-to end."""
+"""The programs as a user runs them: import safety, --help, clear errors, and each entry point in
+its quick mode on the shared CIFAR-10 copy, one test per thing it should do."""
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_batch
+from conftest import ROOT, SHARED_DATA, write_batch
 
 import assignment2 as a
-import bonus as bonus_module
+import bonus
 
 
-def run_program(*args, env=None):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "assignment2.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+def run_program(*args, script="assignment2.py", cwd=None, env=None):
+    cmd = [sys.executable, *(["-m", "report"] if script == "report" else [str(script)]), *args]
+    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def need_data():
+    if not (SHARED_DATA / "data_batch_1").is_file():
+        pytest.skip(f"CIFAR-10 batches not found at {SHARED_DATA}")
+    return ("--quick", "--data-dir", str(SHARED_DATA), "--seed", "3")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One --quick run of Exercises 1-4: (folder, results.json, the program's output)."""
+    args, out = need_data(), tmp_path_factory.mktemp("quick")
+    done = run_program(*args, "--out-dir", str(out))
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results.json").read_text()), done
+
+
+@pytest.fixture(scope="module")
+def bonus_run(tmp_path_factory):
+    """One --quick run of Exercise 5's recipe: (folder, results_bonus.json)."""
+    args, out = need_data(), tmp_path_factory.mktemp("bonus")
+    done = run_program(*args, "--out-dir", str(out), script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results_bonus.json").read_text())
 
 
 def test_import_runs_nothing_and_loads_neither_torch_nor_matplotlib():
-    code = (
-        "import sys; import assignment2; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
-    )
+    code = "import sys, assignment2; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr
     assert out.stderr == ""
 
 
+def test_assignment2_imports_no_other_file_of_the_project():
+    source = (ROOT / "assignment2.py").read_text()
+    imported = set(re.findall(r"^\s*(?:import|from) (\w+)", source, re.M))
+    assert imported <= {"__future__", "argparse", "contextlib", "fcntl", "hashlib", "io", "json",
+                        "math", "os", "pickle", "sys", "tempfile", "time", "dataclasses",
+                        "pathlib", "numpy", "matplotlib", "shutil", "tarfile", "urllib",
+                        "torch_gradient_computations"}, imported
+
+
 def test_help_lists_every_step():
     out = run_program("--help")
     assert out.returncode == 0
-    for word in (
-        "gradcheck",
-        "overfit",
-        "fig3",
-        "fig4",
-        "coarse",
-        "fine",
-        "final",
-        "--quick",
-        "--seed",
-    ):
+    for word in (*a.STEPS, "--quick", "--seed", "--data-dir", "--out-dir", "--replace"):
         assert word in out.stdout
 
 
-@pytest.mark.parametrize(
-    "make,message",
-    [
-        (lambda d: None, "data folder not found"),
-        (lambda d: d.mkdir(), "missing data_batch_1"),
-    ],
-)
+@pytest.mark.parametrize("make,message", [(lambda d: None, "data folder not found"),
+                                          (lambda d: d.mkdir(), "missing data_batch_1")])
 def test_missing_data_is_one_clear_line(tmp_path, make, message):
     folder = tmp_path / "cifar"
     make(folder)
     out = run_program("fig3", "--data-dir", str(folder), "--out-dir", str(tmp_path / "out"))
-    assert out.returncode == 1
-    assert message in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_corrupt_batch_is_one_clear_line(tiny_cifar, tmp_path):
@@ -74,139 +86,149 @@ def test_corrupt_batch_is_one_clear_line(tiny_cifar, tmp_path):
     assert "data_batch_1" in out.stderr and "labels outside 0..9" in out.stderr
 
 
-def test_quick_pipeline_end_to_end_is_deterministic(shared_data, tmp_path):
-    """The whole program in --quick mode on the shared CIFAR-10 copy, twice with one seed: same
-    results.json."""
-    outs = [tmp_path / "one", tmp_path / "two"]
-    for out_dir in outs:
-        out = run_program(
-            "--quick", "--data-dir", str(shared_data), "--out-dir", str(out_dir), "--seed", "3"
-        )
-        assert out.returncode == 0, out.stderr
-        assert "== final took" in out.stdout
-    res = json.loads((outs[0] / "results.json").read_text())
-    assert (outs[0] / "results.json").read_text() == (outs[1] / "results.json").read_text()
+def test_the_file_runs_alone_beside_the_specs_file(tmp_path):
+    """assignment2.py and torch_gradient_computations.py copied into an empty folder: the whole
+    quick pipeline runs there and writes its outputs there."""
+    args = need_data()
+    for name in ("assignment2.py", "torch_gradient_computations.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = run_program(*args, script=tmp_path / "assignment2.py", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    [run] = (tmp_path / "runs").iterdir()
+    assert {p.name for p in run.iterdir()} >= {"results.json", "results.txt", "figures"}
+
+
+def test_quick_run_measures_every_step(quick_run):
+    _, res, _ = quick_run
+    assert res["seed"] == 3 and res["quick"] is True
     for key in ("fig3", "fig4", "final"):
         assert 0.2 < res[key]["test_acc"] < 1
     for key in ("coarse", "fine"):
-        assert res[key]["trials"] and all("lam" in t and "val_acc" in t for t in res[key]["trials"])
+        assert all(0 < t["lam"] and "val_acc" in t for t in res[key]["trials"])
     assert res["gradcheck"]["max_vs_torch"] < 1e-7
     assert res["overfit"]["loss"] < 0.05
-    text = (outs[0] / "results.txt").read_text()
-    assert "Figure 3" in text and "Final run" in text and "total" in text
-    assert set(json.loads((outs[0] / "timings.json").read_text())) == {*a.STEPS, "total"}
-    figures = {p.name for p in (outs[0] / "figures").glob("*.png")}
-    assert {
-        "fig3.png",
-        "fig4.png",
-        "coarse.png",
-        "fine.png",
-        "final.png",
-        "fig3_schedule.png",
-    } <= figures
-    assert len((outs[0] / "search_coarse.jsonl").read_text().splitlines()) == len(
-        res["coarse"]["trials"]
-    )
-
-    # the spread over seeds, then the report from these results
-    out = run_program(
-        "seeds", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3"
-    )
-    assert out.returncode == 0, out.stderr
-    seeds = json.loads((outs[0] / "results.json").read_text())["seeds"]
-    assert (
-        seeds["final"]["seeds"] == [3, 4]
-        and seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
-    )
-    out = run_program(
-        "bonus", "--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3"
-    )
-    assert out.returncode == 0, out.stderr
-    bonus = json.loads((outs[0] / "results_bonus.json").read_text())
-    # two runs per seed group, seeds 3-6, each tested plain and mirrored
-    assert list(bonus["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
-    assert all(0.1 < t["test_acc_mirror"] < 1 for t in bonus["runs"].values())
-    assert all(t["cfg"]["pca"] == 64 and t["cfg"]["optimizer"] == "adam"
-               for t in bonus["runs"].values())
-    one, two = bonus["combined"].values()
-    # one run measured through its saved weights gives what the trial measured
-    assert one["test_acc"] == bonus["runs"]["seed 3"]["test_acc"] and one["m"] == 40
-    assert two["m"] == 80 and two["seeds"] == [3, 4]
-    assert two["seconds"] == round(sum(bonus["runs"][f"seed {s}"]["seconds"] for s in (3, 4)), 1)
-    # validation picks the final network and its evaluation; the next seeds repeat the choice
-    assert list(one["val_acc_views"]) == bonus["views"] == list(bonus_module.views(3))
-    final = max((one, two), key=lambda t: max(t["val_acc_views"].values()))
-    assert bonus["final"]["name"] == final["name"] == bonus["final_seeds"][0]["name"]
-    assert final["val_acc_views"][final["evaluation"]] == max(final["val_acc_views"].values())
-    assert (final["val_acc_views"]["plain"], final["val_acc_views"]["mirrored"]) == (
-        final["val_acc"], final["val_acc_mirror"])
-    again = bonus["final_seeds"][1]
-    assert again["seeds"][0] == 5 and again["k"] == final["k"]
-    assert again["evaluation"] == final["evaluation"]
-    plain_or_mirrored = {"plain": "test_acc", "mirrored": "test_acc_mirror"}
-    if final["evaluation"] in plain_or_mirrored:
-        assert final["test_acc_chosen"] == final[plain_or_mirrored[final["evaluation"]]]
-    assert bonus["fast"]["name"] == one["name"]
-    text = (outs[0] / "results_bonus.txt").read_text()
-    assert "Final network (validation picks how many runs and the evaluation)" in text
-    assert "seed 6" in text
-    # one folder per recipe, so that another recipe's runs cannot overwrite these weights
-    [path] = (outs[0] / "models").glob(f"recipe_*/bonus_recipe_0.seed3.n{bonus['n_train']}.*.npz")
-    saved = dict(np.load(path))  # pixel space
-    assert saved["W1"].shape == (40, 3072) and set(saved) == {"W1", "b1", "W2", "b2"}
-    assert {"augmentation.png", "bonus_minutes.png"} <= {
-        p.name for p in (outs[0] / "figures").iterdir()
-    }
-    # the ablation at the recipe's budget, on the search split
-    args = ("--quick", "--data-dir", str(shared_data), "--out-dir", str(outs[0]), "--seed", "3")
-    out = run_program("explore", *args)
-    assert out.returncode == 0, out.stderr
-    explore = json.loads((outs[0] / "results_explore.json").read_text())
-    assert explore["n_val"] == 500
-    assert list(explore["rows"])[:2] == ["Nesterov", "cyclic SGD (eqs. 14-15)"]
-    assert all("test_acc" not in t for t in explore["rows"].values())
-    assert "bonus" not in json.loads((outs[0] / "results.json").read_text())
-    out = run_program("report", "--out-dir", str(outs[0]))
-    assert out.returncode == 0, out.stderr
-    pdf = (outs[0] / "report" / "report.pdf").read_bytes()
-    assert pdf.startswith(b"%PDF") and int(re.search(rb"/Count (\d+)", pdf).group(1)) >= 3
-    assert (outs[0] / "report" / "bonus.pdf").read_bytes().startswith(b"%PDF")
 
 
-def test_single_steps_reuse_results_and_search_trials(shared_data, tmp_path):
-    args = ("--quick", "--data-dir", str(shared_data), "--out-dir", str(tmp_path))
-    first = run_program("coarse", *args)
-    assert first.returncode == 0, first.stderr
-    coarse = json.loads((tmp_path / "results.json").read_text())["coarse"]
-    fine = run_program("fine", *args)  # takes the coarse result from results.json
-    assert fine.returncode == 0, fine.stderr
-    assert "coarse" not in fine.stdout.replace("coarse search", "")
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res) >= {"coarse", "fine"} and "fig3" not in res and res["coarse"] == coarse
-    (tmp_path / "results.json").unlink()
-    again = run_program("fine", *args)  # recomputes coarse, from its finished trials
+def test_quick_run_writes_its_figures_text_and_timings(quick_run):
+    out, _, _ = quick_run
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"fig3.png", "fig3_schedule.png", "fig4.png", "coarse.png", "fine.png",
+            "final.png"} <= figures
+    text = (out / "results.txt").read_text()
+    assert "fig3:" in text and "final:" in text and "coarse search" in text
+    assert set(json.loads((out / "timings.json").read_text())) == set(a.DEFAULT_STEPS)
+
+
+def test_one_seed_gives_one_results_file(quick_run, tmp_path):
+    out, _, _ = quick_run
+    again = run_program(*need_data(), "--out-dir", str(tmp_path))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("kept from search_coarse.jsonl") == 3
-    assert json.loads((tmp_path / "results.json").read_text())["coarse"] == coarse
+    assert (tmp_path / "results.json").read_text() == (out / "results.json").read_text()
+
+
+def test_a_single_step_takes_what_it_needs_from_results_json(quick_run, tmp_path):
+    out, res, _ = quick_run
+    shutil.copy(out / "results.json", tmp_path / "results.json")
+    fine = run_program("fine", *need_data(), "--out-dir", str(tmp_path))
+    assert fine.returncode == 0, fine.stderr
+    assert "== coarse" not in fine.stdout and "coarse 1/" not in fine.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["fine"] == res["fine"]
+
+
+def test_a_step_recomputes_what_it_needs_when_results_json_cannot_be_believed(quick_run,
+                                                                              tmp_path):
+    out, res, _ = quick_run
+    bad = res | {"coarse": res["coarse"] | {"trials": [{"lam": -1, "val_acc": 7}]}}
+    (tmp_path / "results.json").write_text(json.dumps(bad))
+    fine = run_program("fine", *need_data(), "--out-dir", str(tmp_path))
+    assert fine.returncode == 0, fine.stderr
+    assert "results.json: coarse" in fine.stdout and "coarse 1/" in fine.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["fine"] == res["fine"]
+
+
+def test_seeds_repeats_the_runs_with_the_next_seeds(quick_run, tmp_path):
+    out, res, _ = quick_run
+    shutil.copy(out / "results.json", tmp_path / "results.json")
+    done = run_program("seeds", *need_data(), "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    seeds = json.loads((tmp_path / "results.json").read_text())["seeds"]
+    assert seeds["final"]["seeds"] == [3, 4]
+    assert seeds["final"]["test_acc"][0] == res["final"]["test_acc"]
+
+
+def test_bonus_trains_and_tests_every_run(bonus_run):
+    out, res = bonus_run
+    assert list(res["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
+    assert all(0.1 < t["test_acc_mirror"] < 1 for t in res["runs"].values())
+    assert res["recipe"]["pca"] == 64 and res["recipe"]["optimizer"] == "adam"
+    assert len((out / "bonus.jsonl").read_text().splitlines()) == 4
+    assert len(list((out / "models").glob("*.npz"))) == 4
+
+
+def test_bonus_measures_networks_made_of_its_runs(bonus_run):
+    _, res = bonus_run
+    one, two = res["combined"].values()
+    assert one["test_acc"] == res["runs"]["seed 3"]["test_acc"] and one["m"] == 40
+    assert two["m"] == 80 and two["seeds"] == [3, 4]
+    assert list(one["val_acc_views"]) == res["views"] == list(bonus.views(3))
+
+
+def test_bonus_lets_validation_choose_and_repeats_the_choice(bonus_run):
+    _, res = bonus_run
+    final = max(res["combined"].values(), key=lambda t: max(t["val_acc_views"].values()))
+    assert res["final"]["name"] == final["name"] == res["final_seeds"][0]["name"]
+    assert final["val_acc_views"][final["evaluation"]] == max(final["val_acc_views"].values())
+    again = res["final_seeds"][1]
+    assert again["seeds"][0] == 5 and (again["k"], again["evaluation"]) == (final["k"],
+                                                                            final["evaluation"])
+
+
+def test_bonus_again_reuses_its_runs(bonus_run):
+    out, res = bonus_run
+    done = run_program(*need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("kept from bonus.jsonl") == 4
+    assert json.loads((out / "results_bonus.json").read_text())["final"] == res["final"]
+
+
+def test_explore_runs_the_ablation_on_validation_only(tmp_path):
+    done = run_program("explore", *need_data(), "--out-dir", str(tmp_path),
+                       script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "results_explore.json").read_text())
+    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 1))
+    assert all("test_acc" not in t for t in res["rows"].values())
+
+
+def test_report_builds_both_pdfs(quick_run, bonus_run, tmp_path):
+    for folder in (quick_run[0], bonus_run[0]):
+        shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    out = run_program("--out-dir", str(tmp_path), script="report")
+    assert out.returncode == 0, out.stderr
+    pdf = (tmp_path / "report" / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and int(re.search(rb"/Count (\d+)", pdf).group(1)) >= 3
+    assert (tmp_path / "report" / "bonus.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
-    out = run_program("report", "--out-dir", str(tmp_path))
-    assert out.returncode == 1 and "Traceback" not in out.stderr
+    out = run_program("--out-dir", str(tmp_path), script="report")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "results.json: not found" in out.stderr
 
 
-def test_the_readme_notebook_snippet_runs_as_written(shared_data, tmp_path):
+def test_the_readme_notebook_snippet_runs_as_written(tmp_path):
     """The "Use it from a notebook" block of README.md, run as it stands there, with only its data
     path pointed at the tests' copy of the batches."""
+    need_data()
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Use it from a notebook") :]
-    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    section = readme[readme.index("## Use it from a notebook"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", 10)]
     assert 'data = "data/cifar-10-batches-py"' in code
-    code = code.replace('"data/cifar-10-batches-py"', repr(str(shared_data)), 1)
+    code = code.replace('"data/cifar-10-batches-py"', repr(str(SHARED_DATA)), 1)
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     result = eval(out.stdout.strip().splitlines()[-1])  # the printed evaluate() dict
     assert set(result) == {"loss", "cost", "acc"} and 0.3 < result["acc"] < 0.6

@@ -1,5 +1,4 @@
-"""A run never destroys another's: output folders, the lock, fingerprinted caches, damaged state
-files."""
+"""A run never destroys another's: output folders, the lock, damaged files, whole writes."""
 
 import json
 import shutil
@@ -8,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, SHARED_DATA, write_batch
+from conftest import ROOT, SHARED_DATA
 
 import assignment2 as a
-import runfiles
 from report import build
 
 
@@ -42,7 +40,7 @@ def snapshot(folder):
     return {
         p.relative_to(folder): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != runfiles.FolderLock.NAME
+        if p.is_file() and p.name != ".assignment2.lock"
     }
 
 
@@ -61,7 +59,7 @@ def test_a_step_of_another_run_stops_before_touching_the_folder(quick_run, tmp_p
     before = snapshot(out)
     done = run_program("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out), *change)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "holds the results of another run (seed 0, quick sizes, float32" in done.stderr
+    assert "holds the results of another run (quick-seed0-float32-" in done.stderr
     assert "--replace" in done.stderr and "another --out-dir" in done.stderr
     assert snapshot(out) == before  # nothing earlier was lost or changed
 
@@ -86,7 +84,7 @@ def test_replace_moves_the_earlier_run_aside_and_keeps_it_readable(quick_run, tm
     assert json.loads((old / "results.json").read_text()) == first
     assert (old / "figures" / "fig3.png").is_file() and (old / "timings.json").is_file()
     new = json.loads((out / "results.json").read_text())
-    assert new["seed"] == 1 and set(new) - {"seed", "quick", "dtype", "data", "code"} == {"fig3"}
+    assert new["seed"] == 1 and set(new) - {"seed", "quick", "dtype", "data"} == {"fig3"}
 
 
 def test_a_step_of_the_same_run_keeps_every_other_result(quick_run, tmp_path):
@@ -98,29 +96,13 @@ def test_a_step_of_the_same_run_keeps_every_other_result(quick_run, tmp_path):
     assert json.loads((out / "results.json").read_text()) == first
 
 
-def test_quick_and_foreign_runs_go_to_a_folder_of_their_own(tmp_path):
-    header = {"seed": 0, "quick": False, "dtype": "float32", "data": "ab" * 8}
-
-    def choose(arg, run):
-        return runfiles.choose_out_dir(arg, run, tmp_path, tmp_path / "data")
-
-    assert choose(None, header) == tmp_path  # nothing there yet
-    quick = header | {"quick": True}
-    assert choose(None, quick) == tmp_path / "runs" / "quick-seed0-float32-abababab"
-    (tmp_path / "results.json").write_text(json.dumps(header))
-    assert choose(None, header) == tmp_path  # the same run: here
-    other = header | {"seed": 2}
-    assert choose(None, other) == tmp_path / "runs" / "full-seed2-float32-abababab"
-    assert choose("elsewhere", other) == a.Path("elsewhere")  # as given
-
-
 @pytest.mark.parametrize(
     "args,message",
     [
         (("--out-dir", ""), "not a folder name"),
         (("--out-dir", "   "), "not a folder name"),
-        (("--seed", "-1"), "--seed -1: must be an integer"),
-        (("--seed", str(2**40)), "must be an integer from 0"),
+        (("--seed", "-1"), "--seed -1: must be from 0"),
+        (("--seed", str(2**40)), "must be from 0"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, monkeypatch, args, message):
@@ -147,10 +129,10 @@ def test_an_out_dir_that_is_a_file_or_inside_the_data_is_refused(tiny_cifar, tmp
 def test_a_second_run_into_a_locked_folder_stops_at_once(quick_run, tmp_path):
     out, shared = copy_run(quick_run, tmp_path)
     before = snapshot(out)
-    with runfiles.FolderLock(out):  # as if another run were writing there now
+    with a.folder_lock(out):  # as if another run were writing there now
         done = run_program("coarse", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "another run is writing to this folder (pid " in done.stderr
+    assert "another run is writing to this folder" in done.stderr
     assert snapshot(out) == before
 
 
@@ -203,157 +185,30 @@ def blobs(n, seed):
     )
 
 
-def test_a_trial_is_recomputed_for_other_data_or_other_code(tmp_path, monkeypatch):
-    tr, va = blobs(300, 1), blobs(100, 2)
-    base = a.Config(m=8, eta_max=0.05, n_s=10, n_batch=20, eval_train=False)
-    path = tmp_path / "search_coarse.jsonl"
-    a.search("coarse", [1e-3], base, tr, va, 0, path, log=lambda s: None)
-    lines = []
-    a.search("coarse", [1e-3], base, tr, va, 0, path, log=lines.append)
-    assert any("kept from search_coarse.jsonl" in s for s in lines)
 
-    tr.X[0, 0] += 1  # one value of the data changed
-    lines.clear()
-    a.search("coarse", [1e-3], base, tr, va, 0, path, log=lines.append)
-    assert any("made with other data; training it again" in s for s in lines)
-
-    # as after an edit of the training code
-    monkeypatch.setattr(a, "code_fingerprint", lambda: "0" * 16)
-    lines.clear()
-    a.search("coarse", [1e-3], base, tr, va, 0, path, log=lines.append)
-    assert any("made with other code; training it again" in s for s in lines)
-    assert len(path.read_text().splitlines()) == 3  # every trial kept, none overwritten
-
-
-def test_the_code_fingerprint_ignores_comments_and_sees_code(tmp_path):
-    src = tmp_path / "m.py"
-    src.write_text(
-        'def f(x):\n    """Doc."""\n    return x + 1  # one\n\n\ndef plot_g():\n    pass\n'
-    )
-    base = runfiles.source_fingerprint(src, exclude=("plot_*",))
-    src.write_text(
-        'def f(x):\n    """Other words."""\n    # a comment\n    return x + 1\n\n\ndef plot_g():\n'
-        "    return 3\n"
-    )
-    assert runfiles.source_fingerprint(src, exclude=("plot_*",)) == base
-    src.write_text("def f(x):\n    return x + 2\n")
-    assert runfiles.source_fingerprint(src, exclude=("plot_*",)) != base
-    src.write_text('SKIP = ("a",)\nK = 10\n')
-    one = runfiles.source_fingerprint(src, exclude=("SKIP",))
-    src.write_text('SKIP = ("a", "b")\nK = 10\n')
-    assert runfiles.source_fingerprint(src, exclude=("SKIP",)) == one  # the exclusion list itself
-    src.write_text('SKIP = ("a", "b")\nK = 11\n')
-    assert runfiles.source_fingerprint(src, exclude=("SKIP",)) != one  # a constant the code uses
-
-
-def test_a_search_on_altered_data_recomputes_its_trials(quick_run, tmp_path):
+@pytest.mark.parametrize("content", ["{oops", "[1, 2]", '{"seed": "zero"}'])
+def test_a_damaged_results_file_is_set_aside(quick_run, tmp_path, content):
     out, shared = copy_run(quick_run, tmp_path)
-    data = tmp_path / "data"
-    shutil.copytree(shared, data)
-    for f in data.iterdir():
-        f.chmod(0o644)
-    batch = a.load_batch(data / "data_batch_1")
-    X = batch.X.T.copy()
-    X[0, 0] ^= 1  # one pixel of one training image
-    write_batch(data / "data_batch_1", X, batch.y.tolist())
-    done = run_program(
-        "coarse", "--quick", "--data-dir", str(data), "--out-dir", str(out), "--replace"
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("made with other data; training it again") == 3
-    assert "kept from" not in done.stdout
-
-
-# ---- damaged state files -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name,content",
-    [
-        ("results.json", "{not json"),
-        ("results.json", "[1, 2]"),
-        ("results.json", '{"seed": "zero"}'),
-        ("timings.json", "{oops"),
-        ("timings.json", '{"fig3": -4}'),
-    ],
-)
-def test_a_damaged_results_or_timings_file_is_set_aside(quick_run, tmp_path, name, content):
-    out, shared = copy_run(quick_run, tmp_path)
-    (out / name).write_text(content)
+    (out / "results.json").write_text(content)
     done = run_program("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
     assert done.returncode == 0, done.stderr
-    assert f"warning: {out / name}:" in done.stdout and "set aside as" in done.stdout
-    [aside] = out.glob(f"{name}.set-aside-*")
+    assert "results.json is damaged; set aside as" in done.stderr
+    [aside] = out.glob("results.json.damaged-*")
     assert aside.read_text() == content  # renamed, not deleted
     assert "fig3" in json.loads((out / "results.json").read_text())
-
-
-@pytest.mark.parametrize("line", ["42", "null", '"text"', "[1]"])
-def test_foreign_trial_lines_are_skipped_with_a_warning(quick_run, tmp_path, line):
-    out, shared = copy_run(quick_run, tmp_path)
-    with open(out / "search_coarse.jsonl", "a") as f:
-        f.write(line + "\n")
-    (out / "results.json").unlink()  # so that coarse is recomputed from its trial file
-    done = run_program("coarse", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "skipped 1 line(s) that cannot be believed" in done.stdout
-    assert done.stdout.count("kept from search_coarse.jsonl") == 3
-
-
-def test_an_implausible_trial_is_not_believed(quick_run, tmp_path):
-    out, shared = copy_run(quick_run, tmp_path)
-    path = out / "search_coarse.jsonl"
-    trials = [json.loads(s) for s in path.read_text().splitlines()]
-    worst = min(trials, key=lambda t: t["val_acc"])
-    path.write_text(
-        "".join(json.dumps(t | {"val_acc": 2.0} if t is worst else t) + "\n" for t in trials)
-    )
-    (out / "results.json").unlink()
-    done = run_program("coarse", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "val_acc=2.0 is not an accuracy in [0, 1]" in done.stdout
-    res = json.loads((out / "results.json").read_text())["coarse"]
-    assert all(0 <= t["val_acc"] <= 1 for t in res["trials"]) and res["top3"][0]["val_acc"] < 1
-
-
-def test_an_implausible_stored_step_is_computed_again(quick_run, tmp_path):
-    out, shared = copy_run(quick_run, tmp_path)
-    res = json.loads((out / "results.json").read_text())
-    res["coarse"]["trials"][0]["lam"] = -1.0
-    (out / "results.json").write_text(json.dumps(res))
-    done = run_program("fine", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    assert (
-        "results.json: coarse cannot be believed (a trial: lam=-1.0 is not a number >= 0)"
-        in done.stdout
-    )
-    assert json.loads((out / "results.json").read_text())["coarse"]["trials"][0]["lam"] > 0
-
-
-def test_a_stored_step_made_by_other_code_is_computed_again(quick_run, tmp_path):
-    out, shared = copy_run(quick_run, tmp_path)
-    res = json.loads((out / "results.json").read_text())
-    res["code"]["coarse"] = "0" * 16
-    (out / "results.json").write_text(json.dumps(res))
-    done = run_program("fine", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "results.json: coarse was made by other code; computing it again" in done.stdout
-
-
-# ---- whole files only ----------------------------------------------------------------------------
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "results.txt"
     path.write_text("the good one")
     with pytest.raises(RuntimeError):
-        with runfiles.atomic_path(path) as tmp:
+        with a.atomic_path(path) as tmp:
             tmp.write_text("half a fi")
             raise RuntimeError("interrupted")
     assert path.read_text() == "the good one" and [p.name for p in tmp_path.iterdir()] == [
         "results.txt"
     ]
-    runfiles.write_atomic(path, "new")
+    a.write_atomic(path, "new")
     assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
 
 
@@ -373,9 +228,10 @@ def test_the_report_checks_its_inputs_and_never_leaves_a_partial_pdf(quick_run, 
     with pytest.raises(build.ReportError, match="typst could not build it"):
         build.build_report(out, templates=tmp_path)
     (out / "results.json").write_text("{broken")
-    done = run_program("report", "--out-dir", str(out))
+    done = subprocess.run([sys.executable, "-m", "report", "--out-dir", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert (
-        done.returncode == 1
+        done.returncode != 0
         and "results.json: not valid JSON" in done.stderr
         and "Traceback" not in done.stderr
     )
@@ -387,5 +243,5 @@ def test_the_report_checks_its_inputs_and_never_leaves_a_partial_pdf(quick_run, 
 def test_data_too_small_for_the_sizes_is_refused_before_anything_is_written(tiny_cifar, tmp_path):
     folder, _ = tiny_cifar  # 40 images per batch
     done = run_program("fig3", "--data-dir", str(folder), "--out-dir", str(tmp_path / "out"))
-    assert done.returncode == 1 and "too few images for these sizes" in done.stderr
+    assert done.returncode == 1 and "too few images" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
