@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import assignment2 as a  # noqa: E402
+import bonus  # noqa: E402
 
 
 def synthetic(n, rng, d=a.D):
@@ -36,13 +37,13 @@ def synthetic(n, rng, d=a.D):
 
 
 class SetupClock:
-    """Times assignment2.augment_source, the one-time layout of the training set for
+    """Times bonus.augment_source, the one-time layout of the training set for
     augmentation. Its cost depends on whether the allocator hands out fresh pages (the first
     large run) or reused ones (the next), so it does not cancel out of run(k epochs) - run(1
     epoch); it is measured on its own and taken out of the epoch time instead."""
 
     def __init__(self):
-        self.seconds, self.real = 0.0, a.augment_source
+        self.seconds, self.real = 0.0, bonus.augment_source
 
     def __enter__(self):
         def timed(*args):
@@ -51,25 +52,33 @@ class SetupClock:
             self.seconds += time.perf_counter() - t0
             return out
 
-        a.augment_source = timed
+        bonus.augment_source = timed
         return self
 
     def __exit__(self, *exc):
-        a.augment_source = self.real
+        bonus.augment_source = self.real
 
 
 def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
     """Seconds for one epoch of assignment2's training: (run(epochs) - run(1 epoch)) / (epochs -
     1), without the one-time augmentation layout, whose seconds per run are appended to setups.
-    extra: Config fields such as flip, shift or p_drop (Exercise 5)."""
+    extra: bonus.Extras fields such as flip, shift or optimizer (Exercise 5; plain SGD and no
+    augmentation unless given)."""
     per_epoch = tr.n // B
+    spec = {k: extra.pop(k) for k in ("lam", "eta_max") if k in extra}  # Config's, not Extras'
     times, steps = [], []
     # one cycle of 2 n_s steps: `epochs` epochs, then 1
     for n_s in (epochs * per_epoch // 2, per_epoch // 2):
-        cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **extra)
+        cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **spec)
+        x = bonus.Extras(**(dict(optimizer="sgd", schedule="cyclic", flip=False, shift=0, pca=0)
+                            | extra))
         with SetupClock() as setup:
             t0 = time.perf_counter()
-            a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None, basis=basis)
+            if extra:
+                bonus.train_network(tr, va, cfg, x, np.random.default_rng(0), basis,
+                                    log=lambda s: None)
+            else:  # the spec's trainer, as the program runs it
+                a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None)
             times.append(time.perf_counter() - t0 - setup.seconds)
         steps.append(2 * n_s)
         if setups is not None and setup.seconds:
@@ -159,7 +168,7 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
     import torch
 
     g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    windows = a.augment_source(np.ascontiguousarray(tr.X.T), True, shift)
+    windows = bonus.augment_source(np.ascontiguousarray(tr.X.T), True, shift)
     U, y, k = torch.from_numpy(basis), torch.from_numpy(tr.y), basis.shape[1]
     V = (torch.randn(m, k, generator=g) / math.sqrt(k)).requires_grad_()
     W2 = (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_()
@@ -173,7 +182,7 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
     for t in range(per_epoch):
         idx = perm[t * B : (t + 1) * B]
         f, (oy, ox) = rng.integers(0, 2, B), rng.integers(0, 2 * shift + 1, (2, B))
-        Xb = torch.from_numpy(a.augmented_batch(windows, idx, f, oy, ox)) @ U  # (B, k)
+        Xb = torch.from_numpy(bonus.augmented_batch(windows, idx, f, oy, ox)) @ U  # (B, k)
         S = torch.relu(Xb @ V.T + b1) @ W2.T + b2  # (B, K)
         loss = torch.nn.functional.cross_entropy(S, y[idx])
         opt.zero_grad()
@@ -192,12 +201,10 @@ def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, shift=3,
     each, no dropout. Interleaved, medians."""
     import torch
 
-    import bonus
-
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     tr, va = synthetic(n, rng), synthetic(1000, rng)
-    basis = a.pca_basis(np.ascontiguousarray(tr.X.T), k)  # (d, k), once for both
+    basis = bonus.pca_basis(np.ascontiguousarray(tr.X.T), k)  # (d, k), once for both
     x = bonus.Exercise5()
     eta = x.eta if optimizer == "adam" else x.nesterov_eta
     cfg = dict(

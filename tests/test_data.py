@@ -81,7 +81,7 @@ def _bad(tmp_path, kind):
     [
         ("truncated", "corrupt or unsafe.*pickle data was truncated"),
         ("garbage", "data_batch_1"),
-        ("shape", r"shape \(n, 3072\)"),
+        ("shape", r"array \(n, 3072\)"),
         ("dtype", "uint8"),
         ("labels", "labels outside 0..9"),
         ("count", "flat list of 4 integers"),
