@@ -210,6 +210,21 @@ def load_cifar(data_dir, train_names, n_val: int = 0, val_names=(), dtype="float
     return normalise(train, val, load_batch(Path(data_dir) / "test_batch"), dtype=dtype)
 
 
+def folder_name(option: str, arg: str | None) -> None:
+    """Refuse a folder option that names no folder (empty, spaces, control characters)."""
+    if arg is not None and (not arg.strip() or any(c in arg for c in "\n\r\t\0")):
+        raise StateError(f"{option} {arg!r}: not a folder name")
+
+
+def data_folder(arg: str | None) -> Path:
+    """The folder of --data-dir arg, else of $CIFAR10_DIR, else data/cifar-10-batches-py beside
+    this file, downloaded when missing: checked to hold every batch file."""
+    folder_name("--data-dir", arg)
+    default = Path(__file__).resolve().parent / "data" / "cifar-10-batches-py"
+    data_dir = Path(arg or os.environ.get("CIFAR10_DIR") or default)
+    return ensure_data(data_dir, data_dir == default)
+
+
 def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5) -> Path:
     """data_dir if it holds every batch file; a missing default folder is downloaded first."""
     data_dir = Path(data_dir)
@@ -1004,12 +1019,8 @@ def folders(args) -> tuple[Path, Path, dict]:
     if not 0 <= args.seed < 2 ** 32:
         raise ConfigError(f"--seed {args.seed}: must be from 0 to 2**32 - 1")
     home = Path(__file__).resolve().parent
-    for name, arg in (("--data-dir", args.data_dir), ("--out-dir", args.out_dir)):
-        if arg is not None and (not arg.strip() or any(c in arg for c in "\n\r\t\0")):
-            raise StateError(f"{name} {arg!r}: not a folder name")
-    default = home / "data" / "cifar-10-batches-py"
-    data_dir = Path(args.data_dir or os.environ.get("CIFAR10_DIR") or default)
-    data_dir = ensure_data(data_dir, data_dir == default)
+    data_dir = data_folder(args.data_dir)
+    folder_name("--out-dir", args.out_dir)
     run = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
     out = Path(args.out_dir) if args.out_dir else (
         home / "runs" / run_name(run) if args.quick else home)

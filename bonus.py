@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -292,7 +291,8 @@ def train_network(tr: a.Split, va: a.Split, cfg: a.Config, x: Extras, rng, basis
         params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k)
         tr, va = a.Split((XT @ basis).T, tr.y), a.Split(basis.T @ va.X, va.y)  # (k, n)
     step, get_batch, state = hooks(params, XT, basis if x.pca else None, x)
-    start, on_eval = resume(progress, params, state, rng, log) if progress else (None, None)
+    start, on_eval = (resume(progress, params, state, rng, tr.n, log) if progress else
+                      (None, None))
     hist = a.train(params, tr, va, cfg, rng, log, step=step, get_batch=get_batch,
                    on_eval=on_eval, start=start)
     if x.pca:
@@ -300,19 +300,20 @@ def train_network(tr: a.Split, va: a.Split, cfg: a.Config, x: Extras, rng, basis
     return params, hist
 
 
-def resume(progress: tuple, params: dict, state: dict, rng, log) -> tuple:
+def resume(progress: tuple, params: dict, state: dict, rng, n: int, log) -> tuple:
     """(start, on_eval) for assignment2.train: the saved state of the run, if any, and a hook
-    that saves it at every evaluation point."""
+    that saves it at every evaluation point. n: the training images."""
     path, key = progress
     arrays = {f"p/{k}": v for k, v in params.items()} | {
-        f"s/{k}": v for k, v in harness_flat(state).items()}
+        f"s/{k}": v for k, v in harness.flatten(state).items()}
 
     def on_eval(s):
         meta = {"t": s["t"], "seconds": s["hist"]["seconds"][-1], "hist": s["hist"],
                 "rng": rng.bit_generator.state}
         harness.save_progress(path, key, meta, arrays | {"perm": s["perm"]})
 
-    saved = harness.load_progress(path, key, arrays, log)
+    like = arrays | {"perm": np.empty(n, np.int64)}
+    saved = harness.load_progress(path, key, like, lambda m, z: progress_problem(m, z, rng), log)
     if not saved:
         return None, on_eval
     meta, stored = saved
@@ -323,12 +324,22 @@ def resume(progress: tuple, params: dict, state: dict, rng, log) -> tuple:
     return {"t": meta["t"], "perm": stored["perm"], "hist": meta["hist"]}, on_eval
 
 
-def harness_flat(state: dict, prefix: str = "") -> dict:
-    """The arrays of a nested dict of arrays, by path."""
-    out = {}
-    for k, v in state.items():
-        out |= harness_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v}
-    return out
+def progress_problem(meta: dict, arrays: dict, rng) -> str | None:
+    """None for a saved state that resume() can go on from, else what is wrong with it."""
+    hist = meta.get("hist")
+    if not (type(meta.get("t")) is int and meta["t"] > 0
+            and math.isfinite(meta.get("seconds", math.nan))):
+        return "its step or seconds are not plausible"
+    if not (isinstance(hist, dict) and isinstance(hist.get("seconds"), list) and len(
+            {len(v) if isinstance(v, list) else -1 for v in hist.values()}) == 1):
+        return "its history is damaged"
+    if not np.array_equal(np.sort(arrays["perm"]), np.arange(arrays["perm"].size)):
+        return "its order of the images is not a permutation"
+    try:
+        type(rng.bit_generator)().state = meta["rng"]  # a copy of the generator tries it
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        return f"its random state is damaged ({e!r})"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,19 +357,29 @@ def views(shift: int) -> dict:
     return out
 
 
-def view_accuracy(d: a.Split, params: dict, views: tuple, chunk: int = 2500) -> float:
-    """The accuracy on d when each image is classified by the mean of P over its views."""
-    s, correct = max(max(abs(dy), abs(dx)) for _, dy, dx in views), 0
+def view_accuracies(d: a.Split, params: dict, sets: dict, chunk: int = 2500) -> dict:
+    """The accuracy on d of each set of views (name: views): an image is classified by the mean
+    of P over the views of the set. Each view's P is computed once for all the sets."""
+    s = max(max(abs(dy), abs(dx)) for views in sets.values() for _, dy, dx in views)
+    correct = dict.fromkeys(sets, 0)
     for i in range(0, d.n, chunk):
         X = d.X[:, i:i + chunk]  # (D, c)
         windows = augment_source(np.ascontiguousarray(X.T), True, s)  # padded as in training
-        n, P = X.shape[1], 0
-        for f, dy, dx in views:
+        n, P = X.shape[1], {}
+        for v in dict.fromkeys(v for views in sets.values() for v in views):
+            f, dy, dx = v
             Xv = augmented_batch(windows, np.arange(n), np.full(n, f), np.full(n, s - dy),
                                  np.full(n, s - dx))  # (c, D)
-            P = P + a.forward(Xv.T, params)[0]  # (K, c)
-        correct += int(np.sum(np.argmax(P, axis=0) == d.y[i:i + chunk]))
-    return correct / d.n
+            P[v] = a.forward(Xv.T, params)[0]  # (K, c)
+        for name, views in sets.items():
+            mean = sum(P[v] for v in views)  # (K, c); the mean's argmax is the sum's
+            correct[name] += int(np.sum(np.argmax(mean, axis=0) == d.y[i:i + chunk]))
+    return {name: c / d.n for name, c in correct.items()}
+
+
+def view_accuracy(d: a.Split, params: dict, views: tuple, chunk: int = 2500) -> float:
+    """The accuracy on d when each image is classified by the mean of P over its views."""
+    return view_accuracies(d, params, {"": views}, chunk)[""]
 
 
 def concatenate(nets: list) -> dict:
@@ -375,10 +396,10 @@ def measure(params: dict, splits: tuple, shift: int, evaluation: str | None = No
     """The validation accuracy with every evaluation of views(shift), and the test accuracy
     with `evaluation`, by default the one validation prefers (the first of equals)."""
     _, va, te = splits
-    val = {name: view_accuracy(va, params, v) for name, v in views(shift).items()}
+    val = view_accuracies(va, params, views(shift))
     evaluation = evaluation or max(val, key=val.get)
-    test = {name: view_accuracy(te, params, views(shift)[name])
-            for name in dict.fromkeys(("plain", "mirrored", evaluation))}
+    test = view_accuracies(te, params, {name: views(shift)[name] for name in
+                                        dict.fromkeys(("plain", "mirrored", evaluation))})
     return {"val_acc": val["plain"], "val_acc_mirror": val["mirrored"], "test_acc": test["plain"],
             "test_acc_mirror": test["mirrored"], "val_acc_views": val, "evaluation": evaluation,
             "test_acc_chosen": test[evaluation]}
@@ -397,20 +418,23 @@ class Experiment:
         self.code = harness.fingerprint(HERE / "assignment2.py", HERE / "bonus.py",
                                         HERE / "harness.py")
         self.trials = harness.Trials(out_dir / "bonus.jsonl", trial_problem, log)
+        self.data = None  # ((train, val, test), their fingerprint), set by splits()
 
     def splits(self, n_val: int) -> tuple:
-        """Normalised (train, val, test): the last n_val of the five batches validate."""
+        """Normalised (train, val, test): the last n_val of the five batches validate. They are
+        the data of the trials from now on."""
         five = a.concat([a.load_batch(self.data_dir / f) for f in a.CIFAR_FILES[:5]])
         tr, va = a.split_last(a.head(five, self.limit and self.limit + n_val), n_val)
-        return tuple(a.normalise(tr, va, a.load_batch(self.data_dir / "test_batch")))
+        tr, va, te = a.normalise(tr, va, a.load_batch(self.data_dir / "test_batch"))
+        self.data = ((tr, va, te), harness.arrays_fingerprint(tr.X, tr.y, va.X, va.y, te.X, te.y))
+        return tr, va, te
 
-    def trial(self, stage: str, i: int, label: str, cfg, x, splits, seed: int, basis) -> dict:
-        """A trained network's record, with its weights in models/: reused when one with the
-        same key is there, else trained (resuming a run cut short) and recorded."""
-        tr, va, te = splits
+    def trial(self, stage: str, i: int, label: str, cfg, x, seed: int, basis) -> dict:
+        """A network trained on the experiment's data, as a record with its weights in models/:
+        reused when one with the same key is there, else trained (resuming a run cut short)."""
+        (tr, va, te), data = self.data
         key = {"stage": stage, "trial": i, "seed": seed, "n_train": tr.n, "n_val": va.n,
-               **asdict(cfg), **asdict(x), "code": self.code,
-               "data": harness.arrays_fingerprint(tr.X, tr.y, va.X, va.y, te.X, te.y)}
+               **asdict(cfg), **asdict(x), "code": self.code, "data": data}
         name = harness.short_hash(harness.key_text(key))
         weights = self.out_dir / "models" / f"{name}.npz"
         if (hit := self.trials.get(key)) is not None and weights.is_file():
@@ -474,7 +498,7 @@ def run_recipe(ex: Experiment) -> dict:
     kept = pca_variance_kept(XT, basis)
     ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
     del XT
-    runs = [ex.trial("recipe", 0, f"seed {s}", cfg, x, splits, s, basis)
+    runs = [ex.trial("recipe", 0, f"seed {s}", cfg, x, s, basis)
             for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     if any(t["diverged"] for t in runs):
         raise a.Diverged("the recipe diverged")
@@ -520,7 +544,7 @@ def explore(ex: Experiment) -> dict:
     basis = pca_basis(np.ascontiguousarray(tr.X.T), ex.e.pca)
     res = {"n_train": tr.n, "n_val": va.n, "rows_planned": list(rows), "rows": {}}
     for i, (label, (cfg, x)) in enumerate(rows.items()):
-        t = ex.trial("explore", i, label, cfg, x, splits, ex.seed, basis)
+        t = ex.trial("explore", i, label, cfg, x, ex.seed, basis)
         res["rows"][label] = clean(t)
         res["train_seconds"] = round(sum(r.get("seconds", 0) for r in res["rows"].values()), 1)
         save(ex.out_dir, "explore", res, format_explore)
@@ -629,10 +653,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     args = p.parse_args(argv)
     try:
-        default = HERE / "data" / "cifar-10-batches-py"
-        data_dir = a.ensure_data(Path(args.data_dir or os.environ.get("CIFAR10_DIR")
-                                      or default), not args.data_dir and not
-                                 os.environ.get("CIFAR10_DIR"))
+        data_dir = a.data_folder(args.data_dir)
         out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))
         with a.folder_lock(out):
             ex = Experiment(data_dir, out, args.seed, args.quick)

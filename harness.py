@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import math
 import os
 import time
 import zipfile
@@ -55,6 +54,14 @@ def arrays_fingerprint(*arrays: np.ndarray) -> str:
         h.update(f"{x.dtype} {x.shape};".encode())
         h.update((x.T if x.flags.f_contiguous else np.ascontiguousarray(x)).data)
     return h.hexdigest()[:16]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """The leaves of a nested dict, by their path: {"m": {"W1": x}} -> {"m/W1": x}."""
+    out = {}
+    for k, v in tree.items():
+        out |= flatten(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v}
+    return out
 
 
 def set_aside(path: Path, why: str, log=print) -> None:
@@ -109,9 +116,10 @@ def save_progress(path: Path, key: dict, meta: dict, arrays: dict) -> None:
         np.savez(f, meta=np.array(record), **arrays)
 
 
-def load_progress(path: Path, key: dict, like: dict, log=print) -> tuple | None:
+def load_progress(path: Path, key: dict, like: dict, check, log=print) -> tuple | None:
     """(meta, arrays) that save_progress wrote for the run `key`, when its arrays fit `like`
-    (name: array); None when there is none. A damaged file or another run's is set aside."""
+    (name: array) and check(meta, arrays) finds no problem (None); None when there is none. A
+    damaged file or another run's is set aside."""
     if not path.is_file():
         return None
     try:
@@ -120,9 +128,7 @@ def load_progress(path: Path, key: dict, like: dict, log=print) -> tuple | None:
         problem = ("it belongs to another run" if meta.get("key") != key_text(key) else
                    next((f"its {k} does not fit" for k, v in like.items() if k not in arrays
                          or arrays[k].shape != v.shape or arrays[k].dtype != v.dtype), None))
-        if not problem and not (isinstance(meta.get("t"), int) and meta["t"] > 0
-                                and math.isfinite(meta.get("seconds", math.nan))):
-            problem = "its step or seconds are not plausible"
+        problem = problem or check(meta, arrays)
     except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError,
             zipfile.BadZipFile) as e:
         problem = f"not a readable progress file ({e})"

@@ -343,6 +343,15 @@ def test_test_time_views_are_the_moved_and_mirrored_images():
     assert acc == np.mean(np.argmax(ref, axis=0) == y)
 
 
+def test_view_sets_measured_together_are_each_measured_alone():
+    rng = np.random.default_rng(3)
+    d = a.Split(rng.standard_normal((a.D, 30)).astype(np.float32), rng.integers(0, a.K, 30))
+    params = a.init_params(a.D, 8, rng, "float32")
+    sets = b.views(2)
+    assert b.view_accuracies(d, params, sets, chunk=7) == {
+        name: b.view_accuracy(d, params, v, chunk=7) for name, v in sets.items()}
+
+
 def test_the_plain_view_is_the_trainers_accuracy():
     rng = np.random.default_rng(2)
     d = a.Split(rng.standard_normal((a.D, 50)), rng.integers(0, a.K, 50))
@@ -356,11 +365,10 @@ def test_validation_alone_chooses_the_evaluation(monkeypatch):
     val = {"plain": 0.5, "mirrored": 0.6, "mirrored, moved 1": 0.6, "mirrored, moved 2": 0.55}
     seen = []
 
-    def fake(d, params, v):  # the accuracy each evaluation would have; which split asked
-        name = {views: n for n, views in b.views(2).items()}[v]
-        seen.append((d is te, name))
-        return val[name] if d is va else 0.1 * list(val).index(name)
-    monkeypatch.setattr(b, "view_accuracy", fake)
+    def fake(d, params, sets):  # the accuracy each evaluation would have; which split asked
+        seen.extend((d is te, name) for name in sets)
+        return {name: val[name] if d is va else 0.1 * list(val).index(name) for name in sets}
+    monkeypatch.setattr(b, "view_accuracies", fake)
     res = b.measure({}, (None, va, te), 2)
     # the first of the best on validation: mirrored
     assert res["evaluation"] == "mirrored" and res["test_acc_chosen"] == 0.1
