@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gc
 import hashlib
 import io
 import json
@@ -238,35 +239,29 @@ def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5
 
 
 def download(dest: Path, url: str, md5: str) -> None:
-    """The official archive, MD5-checked; its batch files land in dest all together or not at
-    all (a temporary folder renamed at the end)."""
+    """The official archive, MD5-checked; its six batch files land in dest all together or not
+    at all (a temporary folder renamed at the end)."""
     import shutil
     import tarfile
     import urllib.request
-    todo = f"download {CIFAR_URL} by hand and extract it to {dest}, or pass --data-dir"
+    todo = f"download {CIFAR_URL} by hand and extract it to {dest.parent}, or pass --data-dir"
     print(f"data: {dest} is missing; downloading {url}", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            blob = r.read()
-    except OSError as e:
-        raise DataError(f"{url}: could not download ({e}); {todo}") from None
-    if hashlib.md5(blob).hexdigest() != md5:
-        raise DataError(f"{url}: the archive's MD5 is wrong; {todo}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.part-"))
     try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            blob = r.read()
+        if hashlib.md5(blob).hexdigest() != md5:
+            raise DataError(f"{url}: the archive's MD5 is wrong; {todo}")
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-            for name in CIFAR_FILES:
-                try:
-                    member = tar.getmember(f"cifar-10-batches-py/{name}")
-                except KeyError:
-                    raise DataError(f"{url}: the archive lacks {name}; {todo}") from None
+            for name in CIFAR_FILES:  # only these six, each a regular file, by name
+                member = tar.getmember(f"cifar-10-batches-py/{name}")
                 if not member.isfile():
                     raise DataError(f"{url}: {member.name} is not a regular file; {todo}")
                 (tmp / name).write_bytes(tar.extractfile(member).read())
         tmp.rename(dest)
-    except (tarfile.TarError, EOFError) as e:
-        raise DataError(f"{url}: the archive cannot be read ({e}); {todo}") from None
+    except (OSError, tarfile.TarError, EOFError, KeyError) as e:
+        raise DataError(f"{url}: could not download or read the archive ({e}); {todo}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -609,18 +604,6 @@ def plot_curves(hist: dict, path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_schedule(cfg: Config, path: Path) -> None:
-    """The learning rate of eqs. (14-15) at every update step (the spec's Figure 2)."""
-    t = range(2 * cfg.n_s * cfg.n_cycles + 1)
-    fig, ax = pyplot().subplots(figsize=(6, 3.2))
-    ax.plot(t, [cyclic_eta(s, cfg.eta_min, cfg.eta_max, cfg.n_s) for s in t])
-    ax.set(xlabel="update step t", ylabel="eta_t",
-           title=f"cyclic learning rate, n_s={cfg.n_s}, {cfg.n_cycles} cycles")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def plot_search(trials: list, path: Path, title: str) -> None:
     """Final (and best) validation accuracy against lam, on a log axis."""
     ok = sorted((t for t in trials if not t["diverged"]), key=lambda t: t["lam"])
@@ -693,40 +676,31 @@ def run_name(run: dict) -> str:
 RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures")
 
 
-def read_run(folder: Path) -> dict | None:
-    """results.json of folder if this program wrote it; a damaged one is set aside (never
-    deleted) and counts as none."""
-    path = folder / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        res = json.loads(path.read_text())
-        if isinstance(res, dict) and all(k in res for k in ("seed", "quick", "dtype", "data")):
-            return res
-    except (ValueError, UnicodeDecodeError):
-        pass
-    aside = path.with_name(f"results.json.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(path, aside)
-    print(f"warning: {path} is damaged; set aside as {aside.name}", file=sys.stderr)
-    return None
-
-
 def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
-    """The results already in folder when they are this run's, else {}; another run's results
-    stop the program before anything is written, unless replace_old moves them aside."""
-    res = read_run(folder)
-    if res is None or {k: res[k] for k in run} == run:
-        return res or {}
+    """The results in folder when they are this run's, else {}. Outputs of another run, or that
+    no readable results.json accounts for, stop the program before anything is written, unless
+    replace_old moves them all to replaced/ (never deleted)."""
+    try:
+        res = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        res = None
+    known = isinstance(res, dict) and all(k in res for k in run)
+    if known and all(res[k] == v for k, v in run.items()):
+        return res
+    if not (there := [n for n in RUN_OUTPUTS if (folder / n).exists()]):
+        return {}
+    what = (f"the results of another run ({run_name(res)})" if known else
+            f"outputs ({', '.join(there)}) that no readable results.json accounts for")
     if not replace_old:
-        raise StateError(f"{folder} holds the results of another run ({run_name(res)}); this "
-                         f"run is {run_name(run)}. Nothing was changed: pass another --out-dir, "
-                         f"or --replace to move that run to {folder / 'replaced'}/")
-    dest = folder / "replaced" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_name(res)}"
+        raise StateError(f"{folder} holds {what}; this run is {run_name(run)}. Nothing was "
+                         f"changed: pass another --out-dir, or --replace to move them to "
+                         f"{folder / 'replaced'}/")
+    dest = folder / "replaced" / (time.strftime("%Y%m%d-%H%M%S-")
+                                  + (run_name(res) if known else "unknown"))
     dest.mkdir(parents=True)
-    for name in RUN_OUTPUTS:
-        if (folder / name).exists():
-            os.replace(folder / name, dest / name)
-    print(f"--replace: moved the run {run_name(res)} to {dest}", file=sys.stderr)
+    for name in there:
+        os.replace(folder / name, dest / name)
+    print(f"--replace: moved {what} to {dest}", file=sys.stderr)
     return {}
 
 
@@ -744,26 +718,22 @@ class Context:
     results: dict = field(default_factory=dict)  # computed by this run
     stored: dict = field(default_factory=dict)  # results.json's, of the same run
     log: object = print
-    raw: dict = field(default_factory=dict)  # the batch files, read once
     splits: tuple = (None, None)  # the normalised splits last asked for: one set in memory
-
-    def batch(self, name: str) -> Split:
-        if name not in self.raw:
-            self.raw[name] = load_batch(self.data_dir / name)
-        return self.raw[name]
 
     def data(self, which: str) -> list:
         """Normalised (train, val, test): 'batch12' is batch 1 / batch 2; 'search' and 'final'
         hold out the last n_val_search / n_val_final images of the five training batches."""
         if self.splits[0] != which:
-            self.splits, lim = (None, None), self.plan.limit  # free the last set first
+            self.splits, lim = (None, None), self.plan.limit  # free the last set first, ...
+            gc.collect()  # ... even where a cycle (matplotlib makes some) holds a frame with it
             if which == "batch12":
-                tr, va = (head(self.batch(f"data_batch_{i}"), lim) for i in (1, 2))
+                tr, va = (head(load_batch(self.data_dir / f), lim) for f in CIFAR_FILES[:2])
             else:
                 n_val = self.plan.n_val_search if which == "search" else self.plan.n_val_final
-                five = concat([self.batch(f) for f in CIFAR_FILES[:5]])
+                five = concat([load_batch(self.data_dir / f) for f in CIFAR_FILES[:5]])
                 tr, va = split_last(head(five, lim and lim + n_val), n_val)
-            self.splits = (which, normalise(tr, va, self.batch("test_batch"), dtype=self.dtype))
+            te = load_batch(self.data_dir / "test_batch")
+            self.splits = (which, normalise(tr, va, te, dtype=self.dtype))
         return self.splits[1]
 
     def need(self, step: str) -> dict:
@@ -835,28 +805,15 @@ def step_overfit(ctx: Context) -> dict:
             "acc": hist["train_acc"][-1], "history": hist}
 
 
-def figure_step(ctx: Context, key: str, cfg: Config, title: str) -> dict:
+def step_figure(ctx: Context, key: str) -> dict:
     """Figures 3 and 4: batch 1 for training, batch 2 for validation."""
     tr, va, _ = ctx.data("batch12")
-    cfg = replace(cfg, dtype=ctx.dtype)
+    cfg = replace(getattr(ctx.plan, key), dtype=ctx.dtype)
     hist, test_acc = ctx.train_and_test("batch12", cfg, stage_rng(ctx.seed, key), key)
-    plot_curves(hist, ctx.figure(f"{key}.png"), f"{title}: test accuracy {100 * test_acc:.2f}%")
-    plot_schedule(cfg, ctx.figure(f"{key}_schedule.png"))
+    plot_curves(hist, ctx.figure(f"{key}.png"), f"Figure {key[-1]} replica (lam={cfg.lam}, "
+                f"n_s={cfg.n_s}, {cfg.n_cycles} cycle(s)): test accuracy {100 * test_acc:.2f}%")
     return {"cfg": asdict(cfg), "n_train": tr.n, "n_val": va.n, "test_acc": test_acc,
             "history": hist}
-
-
-def step_fig3(ctx: Context) -> dict:
-    """Exercise 3: one cycle, n_s = 500."""
-    c = ctx.plan.fig3
-    return figure_step(ctx, "fig3", c, f"Figure 3 replica (lam={c.lam}, n_s={c.n_s})")
-
-
-def step_fig4(ctx: Context) -> dict:
-    """Exercise 4: three cycles, n_s = 800."""
-    c = ctx.plan.fig4
-    return figure_step(ctx, "fig4", c, f"Figure 4 replica (lam={c.lam}, n_s={c.n_s}, "
-                                       f"{c.n_cycles} cycles)")
 
 
 def search_step(ctx: Context, stage: str, lams, n_cycles: int, l_range) -> dict:
@@ -921,9 +878,9 @@ def step_seeds(ctx: Context) -> dict:
     return out
 
 
-STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit, "fig3": step_fig3,
-         "fig4": step_fig4, "coarse": step_coarse, "fine": step_fine, "final": step_final,
-         "seeds": step_seeds}
+STEPS = {"gradcheck": step_gradcheck, "overfit": step_overfit,
+         "fig3": lambda ctx: step_figure(ctx, "fig3"), "fig4": lambda ctx: step_figure(ctx, "fig4"),
+         "coarse": step_coarse, "fine": step_fine, "final": step_final, "seeds": step_seeds}
 DEFAULT_STEPS = tuple(STEPS)[:-1]  # seeds runs on request
 
 
@@ -1019,8 +976,8 @@ def folders(args) -> tuple[Path, Path, dict]:
     if not 0 <= args.seed < 2 ** 32:
         raise ConfigError(f"--seed {args.seed}: must be from 0 to 2**32 - 1")
     home = Path(__file__).resolve().parent
-    data_dir = data_folder(args.data_dir)
     folder_name("--out-dir", args.out_dir)
+    data_dir = data_folder(args.data_dir)
     run = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
     out = Path(args.out_dir) if args.out_dir else (
         home / "runs" / run_name(run) if args.quick else home)
@@ -1033,7 +990,7 @@ def folders(args) -> tuple[Path, Path, dict]:
 
 def check_sizes(ctx: Context) -> None:
     """Refuse data too small for the plan's splits, before anything is written."""
-    p, n = ctx.plan, {f: ctx.batch(f).n for f in CIFAR_FILES}
+    p, n = ctx.plan, {f: load_batch(ctx.data_dir / f).n for f in CIFAR_FILES}  # each checked
     first, five = min(n["data_batch_1"], n["data_batch_2"]), sum(n[f] for f in CIFAR_FILES[:5])
     need = max(p.overfit_n, Config.n_batch), max(p.n_val_search, p.n_val_final) + Config.n_batch
     if first < need[0] or five < need[1]:

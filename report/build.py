@@ -16,7 +16,7 @@ from assignment2 import write_atomic
 HERE = Path(__file__).resolve().parent
 # report.typ reads these
 STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")
-FIGURES = ("fig3.png", "fig4.png", "fig4_schedule.png", "coarse.png", "fine.png", "final.png")
+FIGURES = ("fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png")
 BONUS_FIGURES = ("augmentation.png", "bonus_minutes.png")
 
 

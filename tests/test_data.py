@@ -284,7 +284,7 @@ def test_download_refuses_an_archive_missing_a_batch(tmp_path):
             tar.addfile(m, io.BytesIO(payload))
     src.write_bytes(buf.getvalue())
     data = tmp_path / "data"
-    with pytest.raises(a.DataError, match="lacks test_batch"):
+    with pytest.raises(a.DataError, match="test_batch. not found"):
         a.ensure_data(
             data / "cifar-10-batches-py", True, url, hashlib.md5(buf.getvalue()).hexdigest()
         )

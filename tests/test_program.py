@@ -113,7 +113,7 @@ def test_quick_run_measures_every_step(quick_run):
 def test_quick_run_writes_its_figures_text_and_timings(quick_run):
     out, _, _ = quick_run
     figures = {p.name for p in (out / "figures").glob("*.png")}
-    assert {"fig3.png", "fig3_schedule.png", "fig4.png", "coarse.png", "fine.png",
+    assert {"fig3.png", "fig4.png", "coarse.png", "fine.png",
             "final.png"} <= figures
     text = (out / "results.txt").read_text()
     assert "fig3:" in text and "final:" in text and "coarse search" in text

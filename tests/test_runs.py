@@ -170,15 +170,29 @@ def test_two_runs_started_together_never_mix(quick_run, tmp_path):
 
 
 @pytest.mark.parametrize("content", ["{oops", "[1, 2]", '{"seed": "zero"}'])
-def test_a_damaged_results_file_is_set_aside(quick_run, tmp_path, content):
+def test_outputs_with_a_damaged_results_file_are_another_runs(quick_run, tmp_path, content):
     out, shared = copy_run(quick_run, tmp_path)
     (out / "results.json").write_text(content)
-    done = run_program("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    assert "results.json is damaged; set aside as" in done.stderr
-    [aside] = out.glob("results.json.damaged-*")
-    assert aside.read_text() == content  # renamed, not deleted
+    before = snapshot(out)
+    args = ("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out))
+    done = run_program(*args)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "that no readable results.json accounts for" in done.stderr
+    assert snapshot(out) == before
+    assert run_program(*args, "--replace").returncode == 0
+    [old] = (out / "replaced").iterdir()
+    assert snapshot(old) == {k: v for k, v in before.items() if k.parts[0] != "replaced"}
     assert "fig3" in json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("gone", ["results.json", "figures"])
+def test_a_run_whose_results_file_is_gone_keeps_its_outputs(quick_run, tmp_path, gone):
+    out, shared = copy_run(quick_run, tmp_path)
+    shutil.rmtree(out / gone) if gone == "figures" else (out / gone).unlink()
+    before = snapshot(out)
+    done = run_program("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out),
+                       "--seed", "3")
+    assert done.returncode == 1 and snapshot(out) == before
 
 
 def test_an_interrupted_write_leaves_the_old_file(tmp_path):

@@ -1,5 +1,6 @@
 """The trainer, its refusals, divergence handling, and the search."""
 
+import weakref
 from dataclasses import replace
 
 import numpy as np
@@ -141,3 +142,13 @@ def test_fine_range_is_one_grid_step_around_the_best():
     assert [t["val_acc"] for t in a.top_trials(trials)] == [0.50, 0.47, 0.45]
     trials[0]["val_acc"] = 0.9
     assert a.fine_range(trials, plan)[0] == -5.0  # clipped to the coarse range
+
+
+def test_the_last_set_of_splits_is_freed_before_the_next_is_loaded(tiny_cifar, tmp_path):
+    folder, _ = tiny_cifar
+    plan = replace(a.quick_plan(), limit=None, n_val_search=20, n_val_final=10, coarse_n=1)
+    ctx = a.Context(folder, tmp_path / "out", plan, log=lambda s: None)
+    ctx.need("coarse")  # trains on the search splits and plots the search
+    alive = weakref.ref(ctx.data("search")[0])
+    ctx.data("final")
+    assert alive() is None  # one set of splits in memory at a time
