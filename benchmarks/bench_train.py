@@ -195,7 +195,7 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
 
 def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, shift=3,
                  optimizer="nesterov"):
-    """Issue 11's speed target: the project's trainer against a torch autograd loop of the same
+    """Exercise 5's speed target: the project's trainer against a torch autograd loop of the same
     step at a width the wide recipe uses: W1 in the top k principal directions, mirroring and
     +-3 pixel shifts, Nesterov momentum or Adam with a linear decay from bonus.Exercise5's eta for
     each, no dropout. Interleaved, medians."""
@@ -222,6 +222,30 @@ def recipe_ratio(repeats, m=4096, k=512, n=20000, B=100, lam=2.5e-4, shift=3,
         "(median/min)"
     )
     print(f"recipe_epoch_s={o_med:.3f} recipe_torch_s={t_med:.3f} recipe_ratio={o_med / t_med:.3f}")
+
+
+def update_share(tr, m=50, B=100, steps=3000):
+    """The share of the spec's update step (assignment2.sgd_step) spent in eqs. 10-11,
+    params[k] -= eta * grads[k], against the gradients of eqs. 12-13 on the batch."""
+    rng = np.random.default_rng(0)
+    params, cfg = a.init_params(tr.X.shape[0], m, rng, "float32"), a.Config(m=m)
+    XT = np.ascontiguousarray(tr.X.T)  # (n, d)
+    grad_s = update_s = 0.0
+    for t in range(steps):
+        idx = rng.integers(0, tr.n, B)
+        t0 = time.perf_counter()
+        Xb = XT[idx].T  # (d, B)
+        P, H = a.forward(Xb, params)
+        grads = a.backward(Xb, tr.y[idx], P, H, params, cfg.lam)
+        t1 = time.perf_counter()
+        eta = a.cyclic_eta(t, cfg.eta_min, cfg.eta_max, cfg.n_s)
+        for k in params:
+            params[k] -= eta * grads[k]  # eqs. 10-11
+        update_s += time.perf_counter() - t1
+        grad_s += t1 - t0
+    print(f"m={m}: gather and gradients {1e3 * grad_s / steps:.3f} ms per step, update "
+          f"{1e3 * update_s / steps:.3f} ms ({100 * update_s / (grad_s + update_s):.1f}% of the "
+          "step)")
 
 
 def main(argv=None):
@@ -254,6 +278,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     cases = [(50, 49000)] + ([] if args.skip_wide else [(1000, 10000)])
     va = synthetic(1000, rng)
+    update_share(synthetic(49000, np.random.default_rng(1)))
     rows, last = [], None
     for m, n in cases:
         tr = synthetic(n, rng)
