@@ -24,13 +24,18 @@ import json
 import math
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":  # until main() takes over, a signal while numpy loads ends quietly
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
+
+import numpy as np  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -88,8 +93,8 @@ CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 MAX_BATCH_BYTES = 1 << 28  # an official batch file is 31 MB
 
 
-class DataError(Exception):
-    """A missing, corrupt or unsafe data file."""
+class DataError(ValueError):
+    """A missing, corrupt or unsafe data file, or data a function cannot use."""
 
 
 class StateError(Exception):
@@ -147,6 +152,8 @@ def load_batch(path: Path) -> Split:
     try:
         with open(path, "rb") as f:
             batch = SafeUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, MemoryError) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 batch (truncated, corrupt or unsafe): "
@@ -168,6 +175,27 @@ def load_batch(path: Path) -> Split:
     if y.size and (y.min() < 0 or y.max() >= K):
         raise DataError(f"{path}: labels outside 0..{K - 1}")
     return Split(X=data.T, y=y)  # data.T of a C-ordered (n, d) array is (d, n) Fortran
+
+
+def check_data(X, y=None, d: int | None = None) -> None:
+    """Refuse images X (d, n) and labels y (n,) that the network cannot use, naming what was
+    given: at the boundary of the functions a notebook calls, never inside the training loop."""
+    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.size):
+        raise DataError(f"X must be a non-empty float array (d, n), one column per image; got "
+                        f"{type(X).__name__} {getattr(X, 'shape', '')} {getattr(X, 'dtype', '')}")
+    if d is not None and X.shape[0] != d:
+        raise DataError(f"X is {X.shape} but the network takes d={d} rows (pixels): X is (d, n), "
+                        f"one column per image{'; transposed?' if X.shape[1] == d else ''}")
+    if y is None:
+        return
+    if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu"):
+        raise DataError(f"y must be a 1-D integer array of labels; got {type(y).__name__} "
+                        f"{getattr(y, 'shape', '')} {getattr(y, 'dtype', '')}")
+    if y.size != X.shape[1] or y.min() < 0 or y.max() >= K:  # y.size == X.shape[1] > 0 first
+        span = f" from {y.min()} to {y.max()}" if y.size else ""
+        hint = "; is X transposed? It is (d, n)" if y.size == X.shape[0] != X.shape[1] else ""
+        raise DataError(f"y must hold one label in 0..{K - 1} per column of X ({X.shape[1]}); got "
+                        f"{y.size} labels{span}{hint}")
 
 
 def concat(parts: list[Split]) -> Split:
@@ -300,6 +328,7 @@ def forward(X: np.ndarray, params: dict, drop: np.ndarray | None = None) -> tupl
 
 def predict(X: np.ndarray, params: dict) -> np.ndarray:
     """Eq. (6): the most probable class of each column."""
+    check_data(X, d=params["W1"].shape[1])
     return np.argmax(forward(X, params)[0], axis=0)  # (n,)
 
 
@@ -316,6 +345,7 @@ def cross_entropy(P: np.ndarray, y: np.ndarray) -> float:
 
 def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk=10000) -> dict:
     """Loss (eq. 8), cost (eq. 7) and accuracy on a whole split, in chunks to bound memory."""
+    check_data(X, y, params["W1"].shape[1])
     loss_sum, correct = 0.0, 0
     for i in range(0, y.size, chunk):
         P, _ = forward(X[:, i:i + chunk], params)  # (K, chunk)
@@ -447,6 +477,8 @@ def train(params: dict, train_set: Split, val_set: Split, cfg: Config, rng: np.r
     get_batch(idx, rng) -> (d, B) gives the images idx (default: as stored); on_eval(state) sees
     {"t", "perm", "hist"} after each evaluation point, and start=state goes on from one."""
     check_config(cfg, train_set.n)
+    for s in (train_set, val_set):
+        check_data(s.X, s.y, params["W1"].shape[1])
     XT = np.ascontiguousarray(train_set.X.T, cfg.dtype)  # (n, d): a batch gather copies rows
     data = (XT, train_set.y, np.asarray(val_set.X, cfg.dtype), val_set.y)
     get_batch = get_batch or (lambda idx, rng: XT[idx].T)  # (d, B), Fortran
@@ -493,6 +525,7 @@ def record(hist: dict, t: int, params: dict, data: tuple, cfg: Config, log, cloc
 def run(train_set: Split, val_set: Split, cfg: Config, rng: np.random.Generator, log=print,
         **hooks) -> tuple:
     """A fresh network trained on train_set: (params, history). hooks: see train()."""
+    check_data(train_set.X, train_set.y)
     check_config(cfg, train_set.n)
     params = init_params(train_set.X.shape[0], cfg.m, rng, cfg.dtype)
     return params, train(params, train_set, val_set, cfg, rng, log, **hooks)
@@ -623,17 +656,26 @@ def plot_search(trials: list, path: Path, title: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """A temporary path beside path that replaces it, flushed, when the block succeeds; on
-    failure it goes and path stays as it was."""
+    """A temporary path beside path that replaces it when the block succeeds, flushed to disk
+    (the file, then the folder's entry) with the umask's permissions; on failure it goes and
+    path stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0o22)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -641,6 +683,13 @@ def atomic_path(path: Path):
 def write_atomic(path: Path, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def clean_temporaries(folder: Path) -> None:
+    """Remove what writes killed mid-way left in folder (atomic_path's .*.tmp files)."""
+    for sub in (folder, folder / "figures"):
+        for tmp in sub.glob(".*.tmp") if sub.is_dir() else ():
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -676,10 +725,22 @@ def run_name(run: dict) -> str:
 RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures")
 
 
+def check_out_dir(folder: Path) -> None:
+    """Refuse an output folder this run could not finish in, before anything trains."""
+    for name, kind, ok in (("results.json", "a file", Path.is_file),
+                           ("figures", "a folder", Path.is_dir)):
+        if (folder / name).exists() and not ok(folder / name):
+            raise StateError(f"{folder / name}: not {kind}; move it away or pass another "
+                             f"--out-dir")
+    with tempfile.TemporaryFile(dir=folder):  # read-only, another user's: an OSError here
+        pass
+
+
 def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
     """The results in folder when they are this run's, else {}. Outputs of another run, or that
     no readable results.json accounts for, stop the program before anything is written, unless
     replace_old moves them all to replaced/ (never deleted)."""
+    finish_moves(folder)
     try:
         res = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
@@ -687,7 +748,9 @@ def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
     known = isinstance(res, dict) and all(k in res for k in run)
     if known and all(res[k] == v for k, v in run.items()):
         return res
-    if not (there := [n for n in RUN_OUTPUTS if (folder / n).exists()]):
+    there = [n for n in RUN_OUTPUTS if (folder / n).exists()
+             and not ((folder / n).is_dir() and not any((folder / n).iterdir()))]  # not empty
+    if not there:
         return {}
     what = (f"the results of another run ({run_name(res)})" if known else
             f"outputs ({', '.join(there)}) that no readable results.json accounts for")
@@ -698,10 +761,21 @@ def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
     dest = folder / "replaced" / (time.strftime("%Y%m%d-%H%M%S-")
                                   + (run_name(res) if known else "unknown"))
     dest.mkdir(parents=True)
-    for name in there:
-        os.replace(folder / name, dest / name)
+    (dest / ".moving").touch()  # until every output is there: see finish_moves
+    finish_moves(folder)
     print(f"--replace: moved {what} to {dest}", file=sys.stderr)
     return {}
+
+
+def finish_moves(folder: Path) -> None:
+    """Move the outputs of folder into a replaced/ folder marked .moving, then unmark it: an
+    interrupted --replace is finished by the next run, so the earlier run ends up whole in one
+    place."""
+    for mark in sorted(folder.glob("replaced/*/.moving")):
+        for name in RUN_OUTPUTS:
+            if (folder / name).exists() and not (mark.parent / name).exists():
+                os.replace(folder / name, mark.parent / name)
+        mark.unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -983,7 +1057,8 @@ def folders(args) -> tuple[Path, Path, dict]:
         home / "runs" / run_name(run) if args.quick else home)
     if out.exists() and not out.is_dir():
         raise StateError(f"--out-dir {out}: exists and is not a folder")
-    if data_dir.resolve() in (out.resolve(), *out.resolve().parents):
+    real = Path(os.path.realpath(out))  # unlike resolve(), never raises on a link loop
+    if Path(os.path.realpath(data_dir)) in (real, *real.parents):
         raise StateError(f"--out-dir {out}: inside the data folder; write elsewhere")
     return data_dir, out, run
 
@@ -1011,13 +1086,17 @@ def run_steps(ctx: Context, steps, run: dict, timings: dict) -> None:
 
 
 def main(argv=None) -> int:
-    args, out_dir = parse_args(argv), None
+    out_dir = None
     try:
+        on_signals()
+        args = parse_args(argv)
         data_dir, out_dir, run = folders(args)
         plan = quick_plan() if args.quick else Plan()
         ctx = Context(data_dir, out_dir, plan, args.seed, run["dtype"])
         check_sizes(ctx)  # bad data stops the run here, before anything is written
         with folder_lock(out_dir):
+            check_out_dir(out_dir)
+            clean_temporaries(out_dir)
             ctx.stored = {k: v for k, v in open_run(out_dir, run, args.replace).items()
                           if k in STEPS}
             if args.step == "all":  # computes every default step afresh; seeds stays
@@ -1031,10 +1110,34 @@ def main(argv=None) -> int:
     except (DataError, ConfigError, Diverged, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except OSError as e:
+        print(os_error(e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
         where = f" in {out_dir / 'results.json'}" if out_dir else ""
         print(f"\ninterrupted: the steps that finished are saved{where}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: the steps that finished are kept."""
+
+
+def on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run between two bytecodes, through the same handler."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def terminate(signum, frame):
+        raise Terminated
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def os_error(e: OSError) -> str:
+    """An operating-system fault as one line: the path, what happened, what to do."""
+    path = e.filename if e.filename is not None else "(no path)"
+    return (f"error: {path}: {e.strerror or e}; check that it exists, is readable (data) or "
+            f"writable (outputs) by you, with space on its disk, or pass another "
+            f"--data-dir/--out-dir")
 
 
 def read_timings(out_dir: Path) -> dict:

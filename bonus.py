@@ -22,15 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":  # until main() takes over, a signal while numpy loads ends quietly
+    import signal
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
 
-import assignment2 as a
-import harness
+import numpy as np  # noqa: E402
+
+import assignment2 as a  # noqa: E402
+import harness  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -653,9 +659,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     args = p.parse_args(argv)
     try:
+        a.on_signals()
+        a.folder_name("--out-dir", args.out_dir)
         data_dir = a.data_folder(args.data_dir)
         out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))
         with a.folder_lock(out):
+            for folder in (out, out / "models"):
+                a.clean_temporaries(folder)
             ex = Experiment(data_dir, out, args.seed, args.quick)
             t0 = time.perf_counter()
             if args.step == "recipe":
@@ -667,10 +677,13 @@ def main(argv=None) -> int:
     except (a.DataError, a.ConfigError, a.Diverged, a.StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except OSError as e:
+        print(a.os_error(e), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
         print("\ninterrupted: finished runs are in bonus.jsonl, a run cut short resumes from its "
               "last evaluation point; run the same command again", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, a.Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -33,20 +33,31 @@ def write_batch(path, data, labels, protocol=2):
         pickle.dump(batch, f, protocol=protocol)
 
 
-@pytest.fixture
-def tiny_cifar(tmp_path):
-    """Six tiny batches of random images in the official format: (folder, {name: (data,
-    labels)})."""
+def random_batches(folder, n):
+    """Six batches of n random images in the official format: {name: (data, labels)}."""
     rng = np.random.default_rng(0)
-    folder = tmp_path / "cifar"
     folder.mkdir()
     content = {}
     for name in FILES:
-        data = rng.integers(0, 256, (40, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, 40)
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n)
         write_batch(folder / name, data, labels)
         content[name] = (data, labels)
-    return folder, content
+    return content
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    """Six tiny batches of random images: (folder, {name: (data, labels)})."""
+    return tmp_path / "cifar", random_batches(tmp_path / "cifar", 40)
+
+
+@pytest.fixture(scope="session")
+def quick_cifar(tmp_path_factory):
+    """Six batches of 200 random images: the smallest data a --quick run takes (its folder)."""
+    folder = tmp_path_factory.mktemp("quick_cifar") / "cifar"
+    random_batches(folder, 200)
+    return folder
 
 
 @pytest.fixture
