@@ -1,6 +1,6 @@
 """DD2424 Assignment 2: a two-layer network for CIFAR-10, trained with cyclical learning rates.
 
-    python3 assignment2.py --data-dir DIR       # Exercises 1-4 in order, about 2 minutes
+    python3 assignment2.py --data-dir DIR       # Exercises 1-4 in order, a few minutes
     python3 assignment2.py fine                  # one step (see --help for the list)
     python3 assignment2.py --quick               # tiny sizes, the whole pipeline in seconds
 
@@ -722,7 +722,7 @@ def run_name(run: dict) -> str:
     return f"{'quick' if run['quick'] else 'full'}-seed{run['seed']}-{run['dtype']}-{run['data']}"
 
 
-RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures")
+RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures", "report/report.pdf")
 
 
 def check_out_dir(folder: Path) -> None:
@@ -774,6 +774,7 @@ def finish_moves(folder: Path) -> None:
     for mark in sorted(folder.glob("replaced/*/.moving")):
         for name in RUN_OUTPUTS:
             if (folder / name).exists() and not (mark.parent / name).exists():
+                (mark.parent / name).parent.mkdir(exist_ok=True)
                 os.replace(folder / name, mark.parent / name)
         mark.unlink()
 

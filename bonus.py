@@ -664,6 +664,7 @@ def main(argv=None) -> int:
         data_dir = a.data_folder(args.data_dir)
         out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))
         with a.folder_lock(out):
+            a.check_out_dir(out)
             for folder in (out, out / "models"):
                 a.clean_temporaries(folder)
             ex = Experiment(data_dir, out, args.seed, args.quick)

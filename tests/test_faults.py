@@ -68,6 +68,17 @@ def test_an_interrupted_replace_is_finished_by_the_next_run(quick_cifar, tmp_pat
     assert json.loads((out / "results.json").read_text())["overfit"]
 
 
+def test_a_report_without_its_results_is_another_runs_output(quick_cifar, tmp_path):
+    out = tmp_path / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "report.pdf").write_bytes(b"%PDF earlier")
+    args = ("overfit", "--quick", "--data-dir", str(quick_cifar), "--out-dir", str(out))
+    one_error_line(run_program(*args), "outputs (report/report.pdf)", "--replace")
+    assert run_program(*args, "--replace").returncode == 0
+    [aside] = (out / "replaced").iterdir()
+    assert (aside / "report" / "report.pdf").read_bytes() == b"%PDF earlier"
+
+
 # ---- the functions a notebook calls check their inputs -------------------------------------------
 
 def small(n=20, seed=0):
