@@ -1,5 +1,7 @@
+import json
 import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +67,17 @@ def shared_data():
     if not (SHARED_DATA / "data_batch_1").is_file():
         pytest.skip(f"CIFAR-10 batches not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One --quick run of Exercises 1-4 on the shared data, seed 3, for every test that reads
+    one: (folder, results.json, the finished process)."""
+    if not (SHARED_DATA / "data_batch_1").is_file():
+        pytest.skip(f"CIFAR-10 batches not found at {SHARED_DATA}")
+    out = tmp_path_factory.mktemp("quick") / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "assignment2.py"), "--quick", "--data-dir",
+                           str(SHARED_DATA), "--seed", "3", "--out-dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results.json").read_text()), done

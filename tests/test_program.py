@@ -29,15 +29,6 @@ def need_data():
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One --quick run of Exercises 1-4: (folder, results.json, the program's output)."""
-    args, out = need_data(), tmp_path_factory.mktemp("quick")
-    done = run_program(*args, "--out-dir", str(out))
-    assert done.returncode == 0, done.stderr
-    return out, json.loads((out / "results.json").read_text()), done
-
-
-@pytest.fixture(scope="module")
 def bonus_run(tmp_path_factory):
     """One --quick run of Exercise 5's recipe: (folder, results_bonus.json)."""
     args, out = need_data(), tmp_path_factory.mktemp("bonus")
@@ -84,17 +75,28 @@ def test_corrupt_batch_is_one_clear_line(tiny_cifar, tmp_path):
     assert "data_batch_1" in out.stderr and "labels outside 0..9" in out.stderr
 
 
-def test_the_file_runs_alone_beside_the_specs_file(tmp_path):
-    """assignment2.py and torch_gradient_computations.py copied into an empty folder: the whole
-    quick pipeline runs there and writes its outputs there."""
-    args = need_data()
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """assignment2.py and torch_gradient_computations.py copied into an empty folder and run
+    there in quick mode: (folder, the finished process)."""
+    args, folder = need_data(), tmp_path_factory.mktemp("alone")
     for name in ("assignment2.py", "torch_gradient_computations.py"):
-        shutil.copy(ROOT / name, tmp_path / name)
+        shutil.copy(ROOT / name, folder / name)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = run_program(*args, script=tmp_path / "assignment2.py", cwd=tmp_path, env=env)
-    assert out.returncode == 0, out.stderr
-    [run] = (tmp_path / "runs").iterdir()
+    return folder, run_program(*args, script=folder / "assignment2.py", cwd=folder, env=env)
+
+
+def test_the_file_runs_alone_beside_the_specs_file(standalone):
+    folder, done = standalone
+    assert done.returncode == 0, done.stderr
+    [run] = (folder / "runs").iterdir()
     assert {p.name for p in run.iterdir()} >= {"results.json", "results.txt", "figures"}
+
+
+def test_one_seed_gives_one_results_file(quick_run, standalone):
+    out, _, _ = quick_run
+    [run] = (standalone[0] / "runs").iterdir()
+    assert (run / "results.json").read_text() == (out / "results.json").read_text()
 
 
 def test_quick_run_measures_every_step(quick_run):
@@ -116,13 +118,6 @@ def test_quick_run_writes_its_figures_text_and_timings(quick_run):
     text = (out / "results.txt").read_text()
     assert "fig3:" in text and "final:" in text and "coarse search" in text
     assert set(json.loads((out / "timings.json").read_text())) == set(a.DEFAULT_STEPS)
-
-
-def test_one_seed_gives_one_results_file(quick_run, tmp_path):
-    out, _, _ = quick_run
-    again = run_program(*need_data(), "--out-dir", str(tmp_path))
-    assert again.returncode == 0, again.stderr
-    assert (tmp_path / "results.json").read_text() == (out / "results.json").read_text()
 
 
 def test_a_single_step_takes_what_it_needs_from_results_json(quick_run, tmp_path):
@@ -159,7 +154,7 @@ def test_bonus_trains_and_tests_every_run(bonus_run):
     out, res = bonus_run
     assert list(res["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
     assert all(0.1 < t["test_acc_mirror"] < 1 for t in res["runs"].values())
-    assert res["recipe"]["pca"] == 64 and res["recipe"]["optimizer"] == "adam"
+    assert res["recipe"]["pca"] == bonus.QUICK.pca and res["recipe"]["optimizer"] == "adam"
     assert len((out / "bonus.jsonl").read_text().splitlines()) == 4
     assert len(list((out / "models").glob("*.npz"))) == 4
 
