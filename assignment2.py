@@ -261,6 +261,7 @@ def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5
         download(data_dir, url, md5)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; pass --data-dir")
+    os.listdir(data_dir)  # a folder we may not read: its OSError, not "missing" files
     if missing := [f for f in CIFAR_FILES if not (data_dir / f).is_file()]:
         raise DataError(f"{data_dir}: missing {', '.join(missing)}")
     return data_dir
@@ -1125,12 +1126,14 @@ class Terminated(KeyboardInterrupt):
 
 
 def on_signals() -> None:
-    """Ctrl-C and SIGTERM stop the run between two bytecodes, through the same handler."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def terminate(signum, frame):
-        raise Terminated
-    signal.signal(signal.SIGTERM, terminate)
+    """Ctrl-C (KeyboardInterrupt) and SIGTERM (Terminated) stop the run where it is; the first
+    one only, so that a second cannot interrupt the handling of the first."""
+    def stop(signum, frame):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
 
 
 def os_error(e: OSError) -> str:

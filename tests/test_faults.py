@@ -175,13 +175,15 @@ def start(folder, out):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_is_handled_as_ctrl_c(quick_cifar, tmp_path):
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_is_handled_as_ctrl_c(quick_cifar, tmp_path, signals):
     out = tmp_path / "out"
     p = start(quick_cifar, out)
     for line in p.stdout:
         if line.startswith("== overfit took"):
             break
-    p.send_signal(signal.SIGTERM)
+    for _ in range(signals):  # a second one while the first is handled changes nothing
+        p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and "Traceback" not in err
     assert "interrupted: the steps that finished are saved" in err
