@@ -1113,7 +1113,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(os_error(e), file=sys.stderr)
+        print(os_error(e, out_dir), file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         where = f" in {out_dir / 'results.json'}" if out_dir else ""
@@ -1136,9 +1136,9 @@ def on_signals() -> None:
         signal.signal(s, stop)
 
 
-def os_error(e: OSError) -> str:
-    """An operating-system fault as one line: the path, what happened, what to do."""
-    path = e.filename if e.filename is not None else "(no path)"
+def os_error(e: OSError, where=None) -> str:
+    """An operating-system fault as one line: the path (else where), what happened, what to do."""
+    path = e.filename if e.filename is not None else where
     return (f"error: {path}: {e.strerror or e}; check that it exists, is readable (data) or "
             f"writable (outputs) by you, with space on its disk, or pass another "
             f"--data-dir/--out-dir")

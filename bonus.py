@@ -657,7 +657,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", help="default: this folder, or runs/bonus-quick/ for --quick")
     p.add_argument("--seed", type=int, default=0, help="the first run's seed (default: 0)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    args = p.parse_args(argv)
+    args, out = p.parse_args(argv), None
     try:
         a.on_signals()
         a.folder_name("--out-dir", args.out_dir)
@@ -679,7 +679,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(a.os_error(e), file=sys.stderr)
+        print(a.os_error(e, out), file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print("\ninterrupted: finished runs are in bonus.jsonl, a run cut short resumes from its "

@@ -138,6 +138,40 @@ def test_outputs_of_the_wrong_kind_stop_the_run_before_it_trains(quick_cifar, tm
     assert tree(out) == before and time.perf_counter() - t0 < 60
 
 
+def tmpfs(folder, options):
+    """folder as a fresh tmpfs mount with options, or a skip where this machine allows none."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    return folder
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    made = []
+    yield lambda name, options: made.append(tmpfs(tmp_path / name, options)) or made[-1]
+    for m in made:
+        subprocess.run(["umount", str(m)], capture_output=True)
+
+
+def test_a_read_only_mount_is_one_line(quick_cifar, mounts):
+    ro = mounts("ro", "ro,size=1m")
+    done = run_program("overfit", "--quick", "--data-dir", str(quick_cifar), "--out-dir",
+                       str(ro / "out"))
+    one_error_line(done, str(ro / "out"), "Read-only file system")
+
+
+def test_a_full_disk_is_one_line_and_leaves_whole_files(quick_cifar, mounts):
+    small = mounts("full", "size=48k")
+    done = run_program("--quick", "--data-dir", str(quick_cifar), "--out-dir", str(small))
+    one_error_line(done, f"error: {small}: No space left on device")
+    assert not list(small.rglob("*.tmp"))
+    if (small / "results.json").exists():  # what was written is whole
+        assert "gradcheck" in json.loads((small / "results.json").read_text())
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_output_folder_is_one_line(quick_cifar, tmp_path):
     folder = quick_cifar
