@@ -688,7 +688,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 def clean_temporaries(folder: Path) -> None:
     """Remove what writes killed mid-way left in folder (atomic_path's .*.tmp files)."""
-    for sub in (folder, folder / "figures"):
+    for sub in (folder, folder / "figures", folder / "report"):
         for tmp in sub.glob(".*.tmp") if sub.is_dir() else ():
             tmp.unlink(missing_ok=True)
 
@@ -759,8 +759,9 @@ def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
         raise StateError(f"{folder} holds {what}; this run is {run_name(run)}. Nothing was "
                          f"changed: pass another --out-dir, or --replace to move them to "
                          f"{folder / 'replaced'}/")
-    dest = folder / "replaced" / (time.strftime("%Y%m%d-%H%M%S-")
-                                  + (run_name(res) if known else "unknown"))
+    name = time.strftime("%Y%m%d-%H%M%S-") + (run_name(res) if known else "unknown")
+    dest = next(d for i in range(1000) if not (d := folder / "replaced" / f"{name}{i or ''}")
+                .exists())  # two replacements in one second go side by side
     dest.mkdir(parents=True)
     (dest / ".moving").touch()  # until every output is there: see finish_moves
     finish_moves(folder)
