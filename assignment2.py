@@ -112,37 +112,6 @@ class Split:
         return self.X.shape[1]
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Rebuilds only what a CIFAR batch holds (dicts, lists, bytes, ints, numpy arrays): loading
-    any other global could run arbitrary code."""
-    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype")} | {
-        (f"numpy.{core}.{mod}", name) for core in ("core", "_core") for mod, name in
-        (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
-
-    def find_class(self, module, name):
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes at protocol 2
-            return _latin1
-        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):  # ... and b""
-            return _empty_bytes
-        if (module, name) not in self.NUMPY:
-            raise pickle.UnpicklingError(f"refused the global {module}.{name}: not in a batch")
-        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
-        owner = np if module == "numpy" else getattr(core, module.rsplit(".", 1)[1])
-        return getattr(owner, name)
-
-
-def _latin1(text, encoding="utf-8"):
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
-    return text.encode("latin1")
-
-
-def _empty_bytes(*args):
-    if args:  # bytes(n) would let a tiny file ask for any amount of memory
-        raise pickle.UnpicklingError("refused builtins.bytes with arguments")
-    return b""
-
-
 def load_batch(path: Path) -> Split:
     """One batch file of the official python layout, checked: X uint8 (d, n) Fortran, y (n,)."""
     path = Path(path)
@@ -175,6 +144,37 @@ def load_batch(path: Path) -> Split:
     if y.size and (y.min() < 0 or y.max() >= K):
         raise DataError(f"{path}: labels outside 0..{K - 1}")
     return Split(X=data.T, y=y)  # data.T of a C-ordered (n, d) array is (d, n) Fortran
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Rebuilds only what a CIFAR batch holds (dicts, lists, bytes, ints, numpy arrays): loading
+    any other global could run arbitrary code."""
+    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (f"numpy.{core}.{mod}", name) for core in ("core", "_core") for mod, name in
+        (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+    def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 pickles bytes at protocol 2
+            return _latin1
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):  # ... and b""
+            return _empty_bytes
+        if (module, name) not in self.NUMPY:
+            raise pickle.UnpicklingError(f"refused the global {module}.{name}: not in a batch")
+        core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+        owner = np if module == "numpy" else getattr(core, module.rsplit(".", 1)[1])
+        return getattr(owner, name)
+
+
+def _latin1(text, encoding="utf-8"):
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):
+    if args:  # bytes(n) would let a tiny file ask for any amount of memory
+        raise pickle.UnpicklingError("refused builtins.bytes with arguments")
+    return b""
 
 
 def check_data(X, y=None, d: int | None = None) -> None:
@@ -237,62 +237,6 @@ def load_cifar(data_dir, train_names, n_val: int = 0, val_names=(), dtype="float
     train, val = (split_last(train, n_val) if n_val else
                   (train, concat([load_batch(Path(data_dir) / f) for f in val_names])))
     return normalise(train, val, load_batch(Path(data_dir) / "test_batch"), dtype=dtype)
-
-
-def folder_name(option: str, arg: str | None) -> None:
-    """Refuse a folder option that names no folder (empty, spaces, control characters)."""
-    if arg is not None and (not arg.strip() or any(c in arg for c in "\n\r\t\0")):
-        raise StateError(f"{option} {arg!r}: not a folder name")
-
-
-def data_folder(arg: str | None) -> Path:
-    """The folder of --data-dir arg, else of $CIFAR10_DIR, else data/cifar-10-batches-py beside
-    this file, downloaded when missing: checked to hold every batch file."""
-    folder_name("--data-dir", arg)
-    default = Path(__file__).resolve().parent / "data" / "cifar-10-batches-py"
-    data_dir = Path(arg or os.environ.get("CIFAR10_DIR") or default)
-    return ensure_data(data_dir, data_dir == default)
-
-
-def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5) -> Path:
-    """data_dir if it holds every batch file; a missing default folder is downloaded first."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir() and may_download:
-        download(data_dir, url, md5)
-    if not data_dir.is_dir():
-        raise DataError(f"{data_dir}: data folder not found; pass --data-dir")
-    os.listdir(data_dir)  # a folder we may not read: its OSError, not "missing" files
-    if missing := [f for f in CIFAR_FILES if not (data_dir / f).is_file()]:
-        raise DataError(f"{data_dir}: missing {', '.join(missing)}")
-    return data_dir
-
-
-def download(dest: Path, url: str, md5: str) -> None:
-    """The official archive, MD5-checked; its six batch files land in dest all together or not
-    at all (a temporary folder renamed at the end)."""
-    import shutil
-    import tarfile
-    import urllib.request
-    todo = f"download {CIFAR_URL} by hand and extract it to {dest.parent}, or pass --data-dir"
-    print(f"data: {dest} is missing; downloading {url}", file=sys.stderr)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.part-"))
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            blob = r.read()
-        if hashlib.md5(blob).hexdigest() != md5:
-            raise DataError(f"{url}: the archive's MD5 is wrong; {todo}")
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-            for name in CIFAR_FILES:  # only these six, each a regular file, by name
-                member = tar.getmember(f"cifar-10-batches-py/{name}")
-                if not member.isfile():
-                    raise DataError(f"{url}: {member.name} is not a regular file; {todo}")
-                (tmp / name).write_bytes(tar.extractfile(member).read())
-        tmp.rename(dest)
-    except (OSError, tarfile.TarError, EOFError, KeyError) as e:
-        raise DataError(f"{url}: could not download or read the archive ({e}); {todo}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -653,7 +597,63 @@ def plot_search(trials: list, path: Path, title: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Output folders: whole files, one writer, and no run overwrites another's results
+# Files and folders: the data folder, whole files, one writer, runs that never overwrite others
+
+def folder_name(option: str, arg: str | None) -> None:
+    """Refuse a folder option that names no folder (empty, spaces, control characters)."""
+    if arg is not None and (not arg.strip() or any(c in arg for c in "\n\r\t\0")):
+        raise StateError(f"{option} {arg!r}: not a folder name")
+
+
+def data_folder(arg: str | None) -> Path:
+    """The folder of --data-dir arg, else of $CIFAR10_DIR, else data/cifar-10-batches-py beside
+    this file, downloaded when missing: checked to hold every batch file."""
+    folder_name("--data-dir", arg)
+    default = Path(__file__).resolve().parent / "data" / "cifar-10-batches-py"
+    data_dir = Path(arg or os.environ.get("CIFAR10_DIR") or default)
+    return ensure_data(data_dir, data_dir == default)
+
+
+def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5) -> Path:
+    """data_dir if it holds every batch file; a missing default folder is downloaded first."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir() and may_download:
+        download(data_dir, url, md5)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data folder not found; pass --data-dir")
+    os.listdir(data_dir)  # a folder we may not read: its OSError, not "missing" files
+    if missing := [f for f in CIFAR_FILES if not (data_dir / f).is_file()]:
+        raise DataError(f"{data_dir}: missing {', '.join(missing)}")
+    return data_dir
+
+
+def download(dest: Path, url: str, md5: str) -> None:
+    """The official archive, MD5-checked; its six batch files land in dest all together or not
+    at all (a temporary folder renamed at the end)."""
+    import shutil
+    import tarfile
+    import urllib.request
+    todo = f"download {CIFAR_URL} by hand and extract it to {dest.parent}, or pass --data-dir"
+    print(f"data: {dest} is missing; downloading {url}", file=sys.stderr)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.part-"))
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            blob = r.read()
+        if hashlib.md5(blob).hexdigest() != md5:
+            raise DataError(f"{url}: the archive's MD5 is wrong; {todo}")
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for name in CIFAR_FILES:  # only these six, each a regular file, by name
+                member = tar.getmember(f"cifar-10-batches-py/{name}")
+                if not member.isfile():
+                    raise DataError(f"{url}: {member.name} is not a regular file; {todo}")
+                (tmp / name).write_bytes(tar.extractfile(member).read())
+        tmp.rename(dest)
+    except (OSError, tarfile.TarError, EOFError, KeyError) as e:
+        raise DataError(f"{url}: could not download or read the archive ({e}); {todo}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
