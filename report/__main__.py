@@ -3,6 +3,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from assignment2 import StateError, folder_name, os_error
 from report.build import ReportError, build_report
 
 p = argparse.ArgumentParser(prog="python3 -m report", description=__doc__)
@@ -10,6 +11,11 @@ p.add_argument("--out-dir", default=str(Path(__file__).resolve().parents[1]),
                help="the results folder (default: the project folder)")
 args = p.parse_args()
 try:
+    folder_name("--out-dir", args.out_dir)
     print("wrote " + ", ".join(map(str, build_report(Path(args.out_dir)))))
-except (ReportError, OSError) as e:
+except (ReportError, StateError) as e:
     sys.exit(f"error: {e}")
+except OSError as e:
+    sys.exit(os_error(e, args.out_dir))
+except KeyboardInterrupt:
+    sys.exit("\ninterrupted: no PDF was replaced by a partial one")

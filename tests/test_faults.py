@@ -274,3 +274,9 @@ def test_the_report_only_reads(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "results.json: not found" in done.stderr and not (tmp_path / "nothing").exists()
+
+
+def test_the_report_refuses_an_empty_folder_name():
+    done = subprocess.run([sys.executable, "-m", "report", "--out-dir", ""], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == "error: --out-dir '': not a folder name"
