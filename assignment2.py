@@ -460,9 +460,10 @@ def record(hist: dict, t: int, params: dict, data: tuple, cfg: Config, log, cloc
             (f"{s}_{q}", None if s == "train" and skip else r[q])
             for s, r in (("train", tr), ("val", va)) for q in ("cost", "loss", "acc")]:
         hist.setdefault(q, []).append(v)
-    log(f"step {t:5d}/{total}: train cost {tr['cost']:.4f}, loss {tr['loss']:.4f}, acc "
-        f"{tr['acc']:.4f} | val cost {va['cost']:.4f}, loss {va['loss']:.4f}, acc {va['acc']:.4f}"
-        f" | {clock[0]:.0f} s, {clock[1]:.0f} s left")
+    train = "" if skip else (f"train cost {tr['cost']:.4f}, loss {tr['loss']:.4f}, acc "
+                             f"{tr['acc']:.4f} | ")
+    log(f"step {t:5d}/{total}: {train}val cost {va['cost']:.4f}, loss {va['loss']:.4f}, acc "
+        f"{va['acc']:.4f} | {clock[0]:.0f} s, {clock[1]:.0f} s left")
     if not math.isfinite(va["cost"]) or not (skip or math.isfinite(tr["cost"])):
         raise Diverged(f"training diverged at step {t} (non-finite cost) with {cfg}")
 
