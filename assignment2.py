@@ -729,8 +729,8 @@ RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures", "report
 
 def check_out_dir(folder: Path) -> None:
     """Refuse an output folder this run could not finish in, before anything trains."""
-    for name, kind, ok in (("results.json", "a file", Path.is_file),
-                           ("figures", "a folder", Path.is_dir)):
+    for name in RUN_OUTPUTS[:4]:  # what this program writes (the report is python3 -m report's)
+        kind, ok = ("a folder", Path.is_dir) if name == "figures" else ("a file", Path.is_file)
         if (folder / name).exists() and not ok(folder / name):
             raise StateError(f"{folder / name}: not {kind}; move it away or pass another "
                              f"--out-dir")

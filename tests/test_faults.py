@@ -125,7 +125,8 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(quick_cifar, tmp_path,
     one_error_line(done, *words)
 
 
-@pytest.mark.parametrize("name,kind", [("results.json", "a file"), ("figures", "a folder")])
+@pytest.mark.parametrize("name,kind", [("results.json", "a file"), ("timings.json", "a file"),
+                                       ("figures", "a folder")])
 def test_outputs_of_the_wrong_kind_stop_the_run_before_it_trains(quick_cifar, tmp_path, name, kind):
     folder = quick_cifar
     out = tmp_path / "out"
