@@ -703,10 +703,13 @@ def folder_lock(folder: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise StateError(f"{folder}: another run is writing to this folder; wait for it to end "
-                         f"or pass another --out-dir") from None
+        raise StateError(f"{folder}: another run (pid {holder}) is writing to this folder; wait "
+                         f"for it to end or pass another --out-dir") from None
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
@@ -1147,10 +1150,14 @@ def os_error(e: OSError, where=None) -> str:
 
 
 def read_timings(out_dir: Path) -> dict:
+    """The seconds of the steps this run made before; a damaged timings.json is written anew."""
     try:
         t = json.loads((out_dir / "timings.json").read_text())
         return {k: v for k, v in t.items() if isinstance(v, (int, float))}
+    except FileNotFoundError:
+        return {}
     except (OSError, ValueError, AttributeError):
+        print(f"warning: {out_dir / 'timings.json'} is damaged; writing it anew", file=sys.stderr)
         return {}
 
 

@@ -281,3 +281,13 @@ def test_the_report_refuses_an_empty_folder_name():
     done = subprocess.run([sys.executable, "-m", "report", "--out-dir", ""], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.strip() == "error: --out-dir '': not a folder name"
+
+
+def test_a_damaged_timings_file_is_written_anew_with_a_warning(quick_cifar, tmp_path):
+    out = tmp_path / "out"
+    args = ("overfit", "--quick", "--data-dir", str(quick_cifar), "--out-dir", str(out))
+    assert run_program(*args).returncode == 0
+    (out / "timings.json").write_text("{oops")
+    done = run_program(*args)
+    assert done.returncode == 0 and "timings.json is damaged; writing it anew" in done.stderr
+    assert "overfit" in json.loads((out / "timings.json").read_text())
