@@ -12,30 +12,29 @@ Conventions: X is (d, n), one column per image, Fortran-ordered so that a column
 holds the n labels 0..K-1. Params and grads are dicts with keys W1 (m, d), b1 (m, 1), W2 (K, m),
 b2 (K, 1). The penalty is lam * sum(W**2), eq. (7), so its gradient is 2 lam W, eq. (12).
 """
-from __future__ import annotations
+
+import os
+import signal
+
+if __name__ == "__main__":  # first: until main() takes over, a signal during the imports is quiet
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
 
 import argparse
 import contextlib
 import fcntl
 import gc
 import hashlib
-import io
 import json
 import math
-import os
 import pickle
-import signal
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-if __name__ == "__main__":  # until main() takes over, a signal while numpy loads ends quietly
-    for _signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -628,9 +627,11 @@ def ensure_data(data_dir: Path, may_download: bool, url=CIFAR_URL, md5=CIFAR_MD5
     return data_dir
 
 
-def download(dest: Path, url: str, md5: str) -> None:
-    """The official archive, MD5-checked; its six batch files land in dest all together or not
-    at all (a temporary folder renamed at the end)."""
+def download(dest: Path, url: str, md5: str, chunk: int = 1 << 20) -> None:
+    """The official archive, streamed in chunks to a temporary folder beside dest and hashed as
+    it comes, with progress on stderr; its six batch files land in dest all together or not at
+    all (the folder renamed at the end, after the MD5 check)."""
+    import http.client
     import shutil
     import tarfile
     import urllib.request
@@ -639,21 +640,49 @@ def download(dest: Path, url: str, md5: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.part-"))
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            blob = r.read()
-        if hashlib.md5(blob).hexdigest() != md5:
-            raise DataError(f"{url}: the archive's MD5 is wrong; {todo}")
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        digest, archive = hashlib.md5(), tmp / "archive.tar.gz"
+        with urllib.request.urlopen(url, timeout=30) as r, open(archive, "wb") as f:
+            show = progress_line(int(r.headers.get("Content-Length") or 0))
+            while block := r.read(chunk):
+                f.write(block)
+                digest.update(block)
+                show(f.tell())
+            show(f.tell(), end=True)
+        if digest.hexdigest() != md5:
+            raise DataError(f"{url}: the archive's MD5 is wrong (cut short or changed); {todo}")
+        with tarfile.open(archive, mode="r:gz") as tar:
             for name in CIFAR_FILES:  # only these six, each a regular file, by name
                 member = tar.getmember(f"cifar-10-batches-py/{name}")
                 if not member.isfile():
                     raise DataError(f"{url}: {member.name} is not a regular file; {todo}")
-                (tmp / name).write_bytes(tar.extractfile(member).read())
+                with tar.extractfile(member) as src, open(tmp / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        archive.unlink()
         tmp.rename(dest)
-    except (OSError, tarfile.TarError, EOFError, KeyError) as e:
+    except (OSError, http.client.HTTPException, tarfile.TarError, EOFError, KeyError) as e:
         raise DataError(f"{url}: could not download or read the archive ({e}); {todo}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def progress_line(total: int, out=None):
+    """show(done, end=False): bytes done (of total, when known) on stderr: one line redrawn in
+    place on a terminal, else a line at about every 10% (10 MB when the size is unknown), and
+    the last one at the end."""
+    out, state = out or sys.stderr, {"mark": 0, "shown": None}
+
+    def show(done: int, end: bool = False) -> None:
+        text = f"  {done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB ({100 * done / total:.0f}%)"
+                                           if total else "")
+        mark = 10 * done // total if total else done // 10_000_000
+        if out.isatty():
+            out.write("\r" + text + ("\n" if end else ""))
+        elif mark > state["mark"] or (end and state["shown"] != done):
+            out.write(text + "\n")
+            state["shown"] = done
+        state["mark"] = mark
+        out.flush()
+    return show
 
 
 @contextlib.contextmanager

@@ -17,26 +17,26 @@ network looks at an image (plain, with its mirror image, or with moved copies to
 seeds repeat that choice. Every finished run goes to bonus.jsonl under the key of all that made
 it (harness.py), its weights to models/; a rerun reuses them, and a run cut short resumes.
 """
-from __future__ import annotations
+
+import os
+import signal
+
+if __name__ == "__main__":  # first: until main() takes over, a signal during the imports is quiet
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-if __name__ == "__main__":  # until main() takes over, a signal while numpy loads ends quietly
-    import signal
-    for _signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import assignment2 as a  # noqa: E402
-import harness  # noqa: E402
+import assignment2 as a
+import harness
 
 HERE = Path(__file__).resolve().parent
 

@@ -101,9 +101,14 @@ class Trials:
 
     def add(self, trial: dict) -> None:
         """Append one trial in one write, flushed to disk: a crash after it loses nothing; a
-        crash during it leaves at most a cut line, which is skipped."""
-        with open(self.path, "a") as f:
-            f.write(json.dumps(trial) + "\n")
+        crash during it leaves at most a cut line, which is skipped (the next record starts on a
+        line of its own)."""
+        with open(self.path, "a+b") as f:
+            lead = b""
+            if f.seek(0, os.SEEK_END):  # the last line was cut: end it, it stays skipped
+                f.seek(-1, os.SEEK_END)
+                lead = b"" if f.read(1) == b"\n" else b"\n"
+            f.write(lead + (json.dumps(trial) + "\n").encode())  # appended, wherever f points
             f.flush()
             os.fsync(f.fileno())
         self.done[key_text(trial["key"])] = trial

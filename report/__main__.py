@@ -1,4 +1,10 @@
 """python3 -m report [--out-dir DIR]: report/report.pdf (and bonus.pdf) of a results folder."""
+import os
+import signal
+
+for _signal in (signal.SIGINT, signal.SIGTERM):  # first: a signal during the imports is quiet
+    signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
+
 import argparse
 import sys
 from pathlib import Path
@@ -6,6 +12,8 @@ from pathlib import Path
 from assignment2 import StateError, folder_name, os_error
 from report.build import ReportError, build_report
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 p = argparse.ArgumentParser(prog="python3 -m report", description=__doc__)
 p.add_argument("--out-dir", default=str(Path(__file__).resolve().parents[1]),
                help="the results folder (default: the project folder)")

@@ -1,10 +1,12 @@
 """Loading, validation and normalisation of CIFAR-10 batches, and the download path."""
 
 import hashlib
+import http.server
 import io
 import os
 import pickle
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -121,14 +123,16 @@ def test_split_last_holds_out_the_tail():
         a.split_last(s, 10)
 
 
-def _archive(tmp_path, extra=()):
-    """A tar.gz laid out like the official one, plus extra (name, bytes) members."""
+def _archive(tmp_path, extra=(), n=2):
+    """A tar.gz laid out like the official one (n random images a batch), plus extra
+    (name, bytes) members."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in FILES + ("batches.meta",):
             src = tmp_path / "src" / name
             src.parent.mkdir(exist_ok=True)
-            write_batch(src, np.zeros((2, 3072), np.uint8), [0, 1])
+            pixels = np.random.default_rng(0).integers(0, 256, (n, 3072), dtype=np.uint8)
+            write_batch(src, pixels, np.arange(n) % 10)
             tar.add(src, arcname=f"cifar-10-batches-py/{name}")
         for name, payload in extra:
             info = tarfile.TarInfo(name)
@@ -157,7 +161,65 @@ def test_download_with_a_wrong_md5_is_refused(tmp_path):
     dest = tmp_path / "data" / "cifar-10-batches-py"
     with pytest.raises(a.DataError, match="MD5"):
         a.ensure_data(dest, may_download=True, url=url, md5="0" * 32)
-    assert not dest.exists()
+    assert os.listdir(tmp_path / "data") == []  # neither the folder nor a temporary one
+
+
+@pytest.fixture
+def http_archive(tmp_path):
+    """A loopback HTTP server for the archive of _archive: (url, md5, cut) where cut(k) makes
+    it send only the first k bytes while announcing them all."""
+    url, md5 = _archive(tmp_path, n=20)  # about 370 kB
+    blob, cut = (tmp_path / "cifar.tar.gz").read_bytes(), {"k": None}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob[:cut["k"]])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/cifar.tar.gz", md5, cut
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_streams_with_progress(http_archive, tmp_path, capsys):
+    url, md5, _ = http_archive
+    dest = tmp_path / "data" / "cifar-10-batches-py"
+    a.download(dest, url, md5, chunk=1024)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(FILES)
+    assert os.listdir(tmp_path / "data") == ["cifar-10-batches-py"]
+    lines = capsys.readouterr().err.splitlines()  # not a terminal: a line per 10%
+    assert "downloading" in lines[0] and lines[-1].endswith("(100%)")
+    assert 5 <= len(lines) - 1 <= 11 and len(set(lines)) == len(lines)
+
+
+def test_a_cut_download_leaves_nothing(http_archive, tmp_path):
+    url, md5, cut = http_archive
+    cut["k"] = 100_000
+    dest = tmp_path / "data" / "cifar-10-batches-py"
+    with pytest.raises(a.DataError, match="by hand"):
+        a.download(dest, url, md5, chunk=1024)
+    assert os.listdir(tmp_path / "data") == []
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    show = a.progress_line(2_000_000, out)
+    for done in (500_000, 1_000_000, 2_000_000):
+        show(done)
+    show(2_000_000, end=True)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("2.0 MB of 2.0 MB (100%)\n")
+    assert text.count("\r") == 4 and "0.5 MB of 2.0 MB (25%)" in text
 
 
 def test_offline_download_says_what_to_do(tmp_path):

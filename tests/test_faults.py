@@ -244,6 +244,27 @@ def test_an_interrupt_while_numpy_loads_is_one_line(quick_cifar, tmp_path):
     assert p.returncode == 130 and "Traceback" not in err and "interrupted" in err
 
 
+FIRST_IMPORT = """
+import os, runpy, signal, sys
+script = sys.argv[1]
+def at_first_import(event, args):  # the first module the file's own lines load
+    if event == "import" and args[0] not in sys.modules and sys._getframe(1).f_globals.get(
+            "__file__") == script:
+        os.kill(os.getpid(), signal.SIGINT)
+sys.path.insert(0, os.path.dirname(script))
+sys.argv = [script, "--help"]
+sys.addaudithook(at_first_import)
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("program", ["assignment2.py", "bonus.py"])
+def test_an_interrupt_at_the_first_import_is_one_line(program):
+    done = subprocess.run([sys.executable, "-c", FIRST_IMPORT, str(ROOT / program)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and done.stderr == "\ninterrupted\n", done.stderr
+
+
 # ---- small things --------------------------------------------------------------------------------
 
 def test_a_run_removes_what_killed_writes_left_in_its_folder(quick_cifar, tmp_path):

@@ -95,6 +95,16 @@ def test_trials_skip_a_damaged_line_and_keep_the_rest(tmp_path):
     assert "skipped 1 line(s)" in said[0]
 
 
+def test_a_record_added_after_a_cut_line_is_found_on_reload(tmp_path):
+    path = tmp_path / "t.jsonl"
+    harness.Trials(path, lambda t: None).add({"key": {"a": 1}, "val": 0.5})
+    with open(path, "a") as f:
+        f.write('{"key": {"a": 2}, "va')  # a write cut short: the file ends mid-line
+    harness.Trials(path, lambda t: None, log=lambda s: None).add({"key": {"a": 3}, "val": 0.7})
+    again = harness.Trials(path, lambda t: None, log=lambda s: None)
+    assert again.get({"a": 3})["val"] == 0.7 and again.get({"a": 1})["val"] == 0.5
+
+
 def test_trials_skip_a_record_the_check_refuses(tmp_path):
     path = tmp_path / "t.jsonl"
     harness.Trials(path, lambda t: None).add({"key": {"a": 1}, "val_acc": 7})

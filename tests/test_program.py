@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -194,14 +195,30 @@ def test_explore_runs_the_ablation_on_validation_only(tmp_path):
     assert all("test_acc" not in t for t in res["rows"].values())
 
 
-def test_report_builds_both_pdfs(quick_run, bonus_run, tmp_path):
-    for folder in (quick_run[0], bonus_run[0]):
-        shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
-    out = run_program("--out-dir", str(tmp_path), script="report")
-    assert out.returncode == 0, out.stderr
-    pdf = (tmp_path / "report" / "report.pdf").read_bytes()
+@pytest.fixture(scope="module")
+def report_run(quick_run, bonus_run, tmp_path_factory):
+    """Both quick runs' results in one folder, and the report built from them: (folder, the
+    finished process)."""
+    folder = tmp_path_factory.mktemp("report")
+    for run in (quick_run[0], bonus_run[0]):
+        shutil.copytree(run, folder, dirs_exist_ok=True)
+    return folder, run_program("--out-dir", str(folder), script="report")
+
+
+def test_report_builds_both_pdfs(report_run):
+    folder, done = report_run
+    assert done.returncode == 0, done.stderr
+    pdf = (folder / "report" / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and int(re.search(rb"/Count (\d+)", pdf).group(1)) >= 3
-    assert (tmp_path / "report" / "bonus.pdf").read_bytes().startswith(b"%PDF")
+    assert (folder / "report" / "bonus.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_the_report_built_again_from_the_same_results_is_the_same_bytes(report_run):
+    folder, _ = report_run
+    before = {p: p.read_bytes() for p in (folder / "report").glob("*.pdf")}
+    time.sleep(1.1)  # a build date would differ now, to the second
+    assert run_program("--out-dir", str(folder), script="report").returncode == 0
+    assert len(before) == 2 and all(p.read_bytes() == pdf for p, pdf in before.items())
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
