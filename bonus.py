@@ -26,6 +26,7 @@ if __name__ == "__main__":  # first: until main() takes over, a signal during th
         signal.signal(_signal, lambda s, _: (os.write(2, b"\ninterrupted\n"), os._exit(128 + s)))
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -76,43 +77,70 @@ class Exercise5:
     m: int = 4096  # hidden units of one network
     pca: int = 512  # W1 is trained in the top pca principal directions of the training images
     lam: float = 2.5e-4  # L2 penalty of eq. 7 (torch's weight decay 5e-4 on the weights)
-    eta: float = 1e-3  # Adam's step size (Kingma and Ba's), falling linearly to 0 ...
-    epochs: int = 140  # ... over this many epochs of batches of 100
+    eta: float = 2e-3  # Adam's step size, falling linearly to 0 ...
+    epochs: int = 140  # ... over this many epochs ...
+    batch: int = 400  # ... of batches of this many images (eta 1e-3 at 100: eta ~ sqrt(batch))
     shift: int = 3  # every image mirrored with probability 1/2 and moved by up to 3 pixels
     points: int = 15  # evaluation points on each curve
     members: int = 2  # the final network: up to this many runs, hidden units side by side
     seeds: int = 2  # ... all made again with the next seeds: members * seeds runs
-    nesterov_eta: float = 0.02  # the ablation: Nesterov momentum 0.9 instead of Adam
-    cyclic_eta: float = 0.075  # ... or the cyclic SGD of eqs. 14-15, eta_max ...
+    nesterov_eta: float = 0.04  # the ablation: Nesterov momentum 0.9 instead of Adam
+    cyclic_eta: float = 0.15  # ... or the cyclic SGD of eqs. 14-15, eta_max ...
     cycles: int = 3  # ... over this many cycles
+    ablation_seeds: int = 2  # runs of every ablation row (the recipe's: one more)
+    short_epochs: int = 35  # the smaller budget at which some rows are run again
 
 
-QUICK = Exercise5(m=40, pca=0, epochs=2, points=2, cycles=1)  # pca: an eigh of (d, d) takes 8 s
+QUICK = Exercise5(m=40, pca=0, epochs=2, batch=100, points=2, cycles=1, short_epochs=1)
 
 
-def recipe(e: Exercise5, per_epoch: int) -> tuple:
-    """One network of the recipe, (Config, Extras); per_epoch update steps make an epoch."""
-    cfg = a.Config(m=e.m, lam=e.lam, eta_max=e.eta, n_s=e.epochs * per_epoch // 2, n_cycles=1,
-                   evals_per_cycle=e.points, eval_train=False)
+def recipe(e: Exercise5, n_train: int, epochs: int | None = None) -> tuple:
+    """One network of the recipe on n_train images, (Config, Extras); epochs: the budget, if
+    not e.epochs."""
+    per_epoch = n_train // e.batch
+    cfg = a.Config(m=e.m, lam=e.lam, eta_max=e.eta, n_s=(epochs or e.epochs) * per_epoch // 2,
+                   n_cycles=1, n_batch=e.batch, evals_per_cycle=e.points, eval_train=False)
     return cfg, Extras(optimizer="adam", shift=e.shift, pca=e.pca)
 
 
-def ablation(e: Exercise5, per_epoch: int) -> dict:
-    """The recipe, then one change per row at the same budget. "recipe, again" repeats it with
-    another random stream: the spread of one row by chance."""
-    cfg, x = recipe(e, per_epoch)
-    total = 2 * cfg.n_s
+def ablation(e: Exercise5, n_train: int) -> dict:
+    """The recipe, then one change per row: {name: (Config, Extras, the recipe row it is
+    measured against)}. At the recipe's budget (e.epochs), then three rows again at
+    e.short_epochs, to see whether the ordering holds at a smaller budget."""
+    cfg, x = recipe(e, n_train)
+    total, k = 2 * cfg.n_s, n_train // 100  # update steps; an epoch of batches of 100
+
+    def epochs(n):
+        return recipe(e, n_train, n)[0]
     cyclic = replace(cfg, eta_max=e.cyclic_eta, n_s=total // (2 * e.cycles), n_cycles=e.cycles,
                      evals_per_cycle=max(1, e.points // e.cycles))
-    return {"recipe": (cfg, x), "recipe, again": (cfg, x),
+    rows = {"recipe": (cfg, x),
+            "no augmentation": (cfg, replace(x, flip=False, shift=0)),
+            f"lam / 4 ({e.lam / 4:g})": (replace(cfg, lam=e.lam / 4), x),
+            f"lam x 4 ({e.lam * 4:g})": (replace(cfg, lam=e.lam * 4), x),
+            "dropout 0.3": (cfg, replace(x, p_drop=0.3)),
             "Nesterov momentum, not Adam": (replace(cfg, eta_max=e.nesterov_eta),
                                             replace(x, optimizer="nesterov")),
             "cyclic SGD (eqs. 14-15), not Adam": (cyclic, replace(x, optimizer="sgd",
                                                                   schedule="cyclic")),
-            f"lam={e.lam / 25:g}": (replace(cfg, lam=e.lam / 25), x),
-            f"lam={e.lam * 4:g}": (replace(cfg, lam=e.lam * 4), x),
-            "no augmentation": (cfg, replace(x, flip=False, shift=0)),
-            "dropout 0.3": (cfg, replace(x, p_drop=0.3))}
+            "mirroring only": (cfg, replace(x, shift=0)),
+            f"shifts only (+-{e.shift} px)": (cfg, replace(x, flip=False)),
+            "batch 100 (eta / 2)": (replace(cfg, n_batch=100, eta_max=e.eta / 2,
+                                            n_s=e.epochs * k // 2), x),
+            f"m={e.m // 2}": (replace(cfg, m=e.m // 2), x),
+            f"m={e.m * 2}": (replace(cfg, m=e.m * 2), x),
+            **({f"{e.pca // 2} directions": (cfg, replace(x, pca=e.pca // 2)),
+                f"{e.pca * 3 // 2} directions": (cfg, replace(x, pca=e.pca * 3 // 2))}
+               if e.pca else {}),
+            f"{e.epochs // 2} epochs": (epochs(e.epochs // 2), x),
+            f"{e.epochs * 3 // 2} epochs": (epochs(e.epochs * 3 // 2), x)}
+    out = {name: (c, y, "recipe") for name, (c, y) in rows.items()}
+    short = f"recipe, {e.short_epochs} epochs"
+    for name in ("recipe", "no augmentation", f"lam / 4 ({e.lam / 4:g})"):
+        c, y, _ = out[name]
+        label = short if name == "recipe" else f"{name}, {e.short_epochs} epochs"
+        out[label] = (replace(c, n_s=e.short_epochs * (n_train // c.n_batch) // 2), y, short)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,12 +186,58 @@ def dropout_mask(p: float, shape: tuple, dtype, rng) -> np.ndarray | None:
     return (rng.random(shape, dtype) < 1 - p) / dtype.type(1 - p)
 
 
-def pca_basis(XT: np.ndarray, k: int) -> np.ndarray:
+def pca_basis(XT: np.ndarray, k: int, mirror: bool = False) -> np.ndarray:
     """The k directions of largest variance of the zero-mean images XT (n, d), as orthonormal
-    columns, largest first: (d, k). W1 = V U^T with V (m, k) costs about k/d of a full W1."""
+    columns, largest first: (d, k). W1 = V U^T with V (m, k) costs about k/d of a full W1.
+    mirror (images of D pixels): the directions of the images and their mirror images, each one
+    even or odd under mirroring, so that U^T (mirrored x) = mirror_signs(U) * U^T x."""
     C = (XT.T @ XT).astype(np.float64) / XT.shape[0]  # (d, d); normalise() centred every pixel
-    _, U = np.linalg.eigh(C)  # eigenvalues ascending
-    return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
+    if not mirror:
+        _, U = np.linalg.eigh(C)  # eigenvalues ascending
+        return np.ascontiguousarray(U[:, ::-1][:, :k], dtype=XT.dtype)  # (d, k)
+    F = mirror_index()
+    p = np.flatnonzero(np.arange(a.D) < F)  # one pixel of each mirror pair, (D/2,)
+    q = F[p]
+    values, vectors = [], []
+    for sign in (1.0, -1.0):  # (e_p + sign e_q) / sqrt 2 span the even (odd) images
+        Cs = (C[np.ix_(p, p)] + C[np.ix_(q, q)] + sign * (C[np.ix_(p, q)] + C[np.ix_(q, p)])) / 2
+        w, V = np.linalg.eigh(Cs)  # (D/2,), (D/2, D/2)
+        U = np.zeros((a.D, p.size))  # (D, D/2)
+        U[p], U[q] = V / math.sqrt(2), sign * V / math.sqrt(2)
+        values.append(w)
+        vectors.append(U)
+    top = np.argsort(-np.concatenate(values), kind="stable")[:k]
+    return np.ascontiguousarray(np.concatenate(vectors, axis=1)[:, top], dtype=XT.dtype)
+
+
+def mirror_index() -> np.ndarray:
+    """Where each pixel of a (3, 32, 32) image goes when it is mirrored left-right: (D,)."""
+    return np.arange(a.D).reshape(3, 32, 32)[:, :, ::-1].ravel()
+
+
+def mirror_signs(basis: np.ndarray) -> np.ndarray:
+    """+1 for each even direction of basis (D, k), -1 for each odd one; refused unless every
+    direction is one of the two (pca_basis with mirror=True)."""
+    mirrored = basis[mirror_index()]  # (D, k)
+    signs = np.where(np.sum(mirrored * basis, axis=0) >= 0, 1, -1).astype(basis.dtype)  # (k,)
+    if not np.allclose(mirrored, basis * signs, atol=1e-5):
+        raise ValueError("the basis is not even or odd under mirroring: use pca_basis(mirror=True)")
+    return signs
+
+
+def projected_crops(XT: np.ndarray, basis: np.ndarray, shift: int, chunk: int = 2500):
+    """U^T x of every crop that augment_source(XT, False, shift) offers, computed once:
+    (2 shift + 1, 2 shift + 1, n, k); a mirrored crop is mirror_signs(U) times one of them. An
+    augmented batch is then one gather of k numbers per image instead of D and a product."""
+    n, side = XT.shape[0], 2 * shift + 1
+    windows = augment_source(XT, False, shift)  # (1, n, 3, side, side, 32, 32)
+    Z = np.empty((side, side, n, basis.shape[1]), XT.dtype)  # (side, side, n, k)
+    for i in range(0, n, chunk):
+        for oy in range(side):
+            for ox in range(side):
+                crops = windows[0, i:i + chunk, :, oy, ox].reshape(-1, a.D)  # (c, D)
+                np.matmul(crops, basis, out=Z[oy, ox, i:i + chunk])
+    return Z
 
 
 def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
@@ -174,69 +248,117 @@ def pca_variance_kept(XT: np.ndarray, basis: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------------
 # Update rules: one signature, rule(params, grads, state, eta, t, lam, x), in place. grads holds
-# the loss gradient (eqs. 12-13 without the penalty) and serves as scratch; each rule adds the
-# L2 term 2 lam W of eq. 12. The in-place forms avoid temporaries the size of a wide W1.
-
-def add_scaled(y: np.ndarray, s: float, z: np.ndarray, c: float = 1.0) -> None:
-    """y <- c (y + s z) in place, computed as (s c) (y / s + z): no temporary."""
-    if s:
-        y *= 1 / s
-        y += z
-    y *= s * c if s else c
-
-
-def with_penalty(params: dict, grads: dict, lam: float) -> None:
-    """g <- g + 2 lam W for the weights: the whole gradient of eq. 12."""
-    for k in ("W1", "W2"):
-        if lam:
-            add_scaled(grads[k], 2 * lam, params[k])
-
+# the loss gradient (eqs. 12-13 without the penalty); each rule adds the L2 term 2 lam W of
+# eq. 12. Each rule is its textbook equation, applied by a kernel to blocks of each array that
+# stay in the cache, the blocks of a wide array split among threads (numpy's element-wise
+# functions release the GIL): one pass over memory instead of one per operation, on every core.
 
 def sgd(params, grads, state, eta, t, lam, x) -> None:
-    """Eqs. 10-11: W <- W - eta g."""
-    with_penalty(params, grads, lam)
-    for k, g in grads.items():
-        g *= eta
-        params[k] -= g
+    """Eqs. 10-11 with the gradient of eq. 12: W <- W - eta (g + 2 lam W)."""
+    def kernel(w, g, tmp, lam2):
+        penalise(g, w, lam2, tmp)
+        np.multiply(g, eta, out=tmp)
+        w -= tmp
+    blockwise(kernel, params, grads, lam)
 
 
 def nesterov(params, grads, state, eta, t, lam, x) -> None:
-    """SGD with Nesterov momentum as torch.optim.SGD(nesterov=True): v <- mu v + g, then
-    W <- W - eta (g + mu v)."""
-    with_penalty(params, grads, lam)
-    for k, g in grads.items():
-        v = state[k]
-        v *= x.momentum
+    """SGD with Nesterov momentum as torch.optim.SGD(nesterov=True): with g <- g + 2 lam W,
+    v <- mu v + g, then W <- W - eta (g + mu v)."""
+    mu = x.momentum
+
+    def kernel(w, g, v, tmp, lam2):
+        penalise(g, w, lam2, tmp)
+        v *= mu
         v += g
-        add_scaled(g, x.momentum, v, eta)  # eta (g + mu v)
-        params[k] -= g
-
-
-def blend(y: np.ndarray, z: np.ndarray, b: float) -> None:
-    """y <- b y + (1 - b) z in place: Adam's moving averages."""
-    if b:
-        add_scaled(y, (1 - b) / b, z, b)
-    else:
-        np.copyto(y, z)
+        np.multiply(v, mu, out=tmp)
+        tmp += g
+        tmp *= eta
+        w -= tmp
+    blockwise(kernel, params, grads, lam, state)
 
 
 def adam(params, grads, state, eta, t, lam, x) -> None:
-    """Adam (Kingma and Ba, 2015): m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, and
-    W <- W - eta m_hat / (sqrt(v_hat) + eps), m_hat = m / c1, v_hat = v / c2, computed as
-    W <- W - (eta sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)), the same number with no temporary.
-    Python floats throughout: a numpy float64 scalar would run float32 arrays through float64."""
-    with_penalty(params, grads, lam)
-    c1, c2 = 1 - x.beta1 ** (t + 1), 1 - x.beta2 ** (t + 1)
-    for k, g in grads.items():
-        m, v = state["m"][k], state["v"][k]
-        blend(m, g, x.beta1)
-        g *= g
-        blend(v, g, x.beta2)
-        np.sqrt(v, out=g)
-        g += x.eps * math.sqrt(c2)
-        np.divide(m, g, out=g)
-        g *= eta * math.sqrt(c2) / c1
-        params[k] -= g
+    """Adam (Kingma and Ba, 2015) with g <- g + 2 lam W: m <- b1 m + (1 - b1) g,
+    v <- b2 v + (1 - b2) g^2, and W <- W - eta m_hat / (sqrt(v_hat) + eps) with m_hat = m / c1,
+    v_hat = v / c2, c = 1 - b^(t+1); computed as W <- W - (eta sqrt(c2) / c1) m / (sqrt(v) +
+    eps sqrt(c2)), the same number with two scalars for the bias corrections. Python floats
+    throughout: a numpy float64 scalar would run float32 arrays through float64."""
+    b1, b2 = x.beta1, x.beta2
+    c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
+    step, eps = eta * math.sqrt(c2) / c1, x.eps * math.sqrt(c2)
+
+    def kernel(w, g, m, v, tmp, lam2):
+        penalise(g, w, lam2, tmp)
+        m *= b1
+        np.multiply(g, 1 - b1, out=tmp)
+        m += tmp
+        v *= b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
+        np.sqrt(v, out=tmp)
+        tmp += eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= step
+        w -= tmp
+    blockwise(kernel, params, grads, lam, state["m"], state["v"])
+
+
+def penalise(g, w, lam2, tmp) -> None:
+    """g <- g + 2 lam W, the L2 term of eq. 12 (lam2 = 2 lam), tmp as scratch."""
+    if lam2:
+        np.multiply(w, lam2, out=tmp)
+        g += tmp
+
+
+def blockwise(kernel, params: dict, grads: dict, lam: float, *moments, block: int = 1 << 18,
+              threads: int | None = None) -> None:
+    """kernel(w, g, *moments, tmp, 2 lam) on blocks of block elements of every parameter (and
+    its gradient and moments, laid out alike), tmp a scratch block; the biases get lam = 0
+    (eq. 7 penalises the weights). A parameter of more than 2 blocks is split among threads."""
+    threads = threads or worker_count()
+    jobs = []
+    for k, w in params.items():
+        order = "F" if w.flags.f_contiguous and not w.flags.c_contiguous else "C"
+        g = np.asarray(grads[k], order=order)  # scratch: a copy in w's layout if not in it
+        flat = [flat_view(z, order) for z in (w, g, *(m[k] for m in moments))]
+        lam2 = 2 * lam if k.startswith("W") else 0.0
+        parts = min(threads, max(1, w.size // (2 * block)))
+        edges = [w.size * i // parts for i in range(parts + 1)]
+        jobs += [([z[lo:hi] for z in flat], lam2) for lo, hi in zip(edges, edges[1:])]
+
+    def run(job):
+        arrays, lam2 = job
+        tmp = np.empty(min(block, arrays[0].size), arrays[0].dtype)
+        for lo in range(0, arrays[0].size, block):
+            hi = min(lo + block, arrays[0].size)
+            kernel(*(z[lo:hi] for z in arrays), tmp[:hi - lo], lam2)
+    if len(jobs) > len(params):
+        list(worker_pool(threads).map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
+
+
+def flat_view(z: np.ndarray, order: str) -> np.ndarray:
+    """z as one flat array in memory order ("C" or "F"), a view: updates reach z."""
+    flat = z.reshape(-1, order=order)
+    if not np.shares_memory(flat, z):
+        raise ValueError(f"an array {z.shape} is not contiguous in {order} order like its weights")
+    return flat
+
+
+def worker_count() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@functools.cache
+def worker_pool(threads: int):
+    """One pool of threads per size, made when first needed and kept for the process."""
+    from concurrent.futures import ThreadPoolExecutor
+    return ThreadPoolExecutor(threads, thread_name_prefix="update")
 
 
 RULES = {"sgd": sgd, "nesterov": nesterov, "adam": adam}
@@ -260,7 +382,7 @@ def learning_rate(t: int, cfg: a.Config, x: Extras) -> float:
 # --------------------------------------------------------------------------------------------------
 # One network, through assignment2.train's hooks
 
-def hooks(params: dict, XT: np.ndarray, basis, x: Extras) -> tuple:
+def hooks(params: dict, XT: np.ndarray, basis, x: Extras, crops=None) -> tuple:
     """assignment2.train's step and get_batch for x, and the optimiser state step keeps."""
     state, grads = optimizer_state(params, x.optimizer), {k: np.empty_like(v)
                                                          for k, v in params.items()}
@@ -273,30 +395,53 @@ def hooks(params: dict, XT: np.ndarray, basis, x: Extras) -> tuple:
 
     if not (x.flip or x.shift):
         return step, None, state
+    if basis is not None:
+        return step, projected_batches(XT, basis, x, crops), state
     windows = augment_source(XT, x.flip, x.shift)
 
     def get_batch(idx, rng):
         f = rng.integers(0, 1 + x.flip, idx.size)  # one draw per image
         oy, ox = rng.integers(0, 2 * x.shift + 1, (2, idx.size))
-        Xr = augmented_batch(windows, idx, f, oy, ox)  # (B, D)
-        return (Xr if basis is None else Xr @ basis).T  # (D or k, B)
+        return augmented_batch(windows, idx, f, oy, ox).T  # (D, B)
     return step, get_batch, state
 
 
+def projected_batches(XT: np.ndarray, basis: np.ndarray, x: Extras, crops=None):
+    """get_batch for W1 in the principal subspace: the same draws and images as the pixel path,
+    U^T of each augmented image gathered from crops = projected_crops(XT, basis, x.shift)."""
+    Z = projected_crops(XT, basis, x.shift) if crops is None else crops  # (side, side, n, k)
+    signs = mirror_signs(basis) if x.flip else None  # (k,)
+
+    def get_batch(idx, rng):
+        f = rng.integers(0, 1 + x.flip, idx.size)  # one draw per image
+        oy, ox = rng.integers(0, 2 * x.shift + 1, (2, idx.size))
+        ox = np.where(f == 1, 2 * x.shift - ox, ox)  # the crop of the mirror image at ox
+        Zb = Z[oy, ox, idx]  # (B, k)
+        if x.flip:
+            np.multiply(Zb, signs, out=Zb, where=(f == 1)[:, None])
+        return Zb.T  # (k, B)
+    return get_batch
+
+
 def train_network(tr: a.Split, va: a.Split, cfg: a.Config, x: Extras, rng, basis=None,
-                  progress=None, log=print) -> tuple:
+                  progress=None, log=print, crops=None) -> tuple:
     """A fresh network trained with Exercise 5's settings x: (params on pixels, history). With
     x.pca, W1 = V U^T is trained as V (m, k) on U^T x, U = basis; ||V|| = ||W1||, so the
-    penalty is the same. progress = (path, key): save the state at each evaluation point and go
-    on from a saved one."""
+    penalty is the same; basis may hold more than x.pca directions (the first ones are used).
+    progress = (path, key): save the state at each evaluation point and go on from a saved one.
+    crops: projected_crops of tr for this basis and x.shift, when made already."""
     a.check_config(cfg, tr.n)
     check_extras(x)
+    if x.pca and (basis is None or basis.shape[1] < x.pca):
+        raise a.ConfigError(f"pca={x.pca} needs a basis of at least {x.pca} directions")
+    basis = np.ascontiguousarray(basis[:, :x.pca]) if x.pca else None  # (d, k)
     params = a.init_params(tr.X.shape[0], cfg.m, rng, cfg.dtype)
     XT = np.ascontiguousarray(tr.X.T, cfg.dtype)  # (n, D)
     if x.pca:
         params["W1"] = np.asfortranarray(params["W1"] @ basis)  # (m, k)
         tr, va = a.Split((XT @ basis).T, tr.y), a.Split(basis.T @ va.X, va.y)  # (k, n)
-    step, get_batch, state = hooks(params, XT, basis if x.pca else None, x)
+    step, get_batch, state = hooks(params, XT, basis, x, crops)
+    del XT  # get_batch keeps what it needs
     start, on_eval = (resume(progress, params, state, rng, tr.n, log) if progress else
                       (None, None))
     hist = a.train(params, tr, va, cfg, rng, log, step=step, get_batch=get_batch,
@@ -415,46 +560,76 @@ def measure(params: dict, splits: tuple, shift: int, evaluation: str | None = No
 # The experiment
 
 class Experiment:
-    """One output folder of Exercise 5: its data, its trials file, its weights."""
+    """One output folder of Exercise 5: its data, its principal directions and projected crops,
+    its trials file, its weights. Its methods are what a trial runs: the code fingerprint in
+    every trial's key follows them."""
 
-    def __init__(self, data_dir: Path, out_dir: Path, seed: int, quick: bool, log=print):
+    def __init__(self, data_dir: Path, out_dir: Path, seed: int, e: Exercise5,
+                 limit: int | None = None, log=print):
+        """e: the recipe and sizes; limit: at most this many training images (quick mode)."""
         self.data_dir, self.out_dir, self.seed, self.log = data_dir, out_dir, seed, log
-        self.e = QUICK if quick else Exercise5()
-        self.limit = 2000 if quick else None
-        self.code = harness.fingerprint(HERE / "assignment2.py", HERE / "bonus.py",
-                                        HERE / "harness.py")
+        self.e, self.limit = e, limit
+        self.code = harness.code_fingerprint(Experiment)
         self.trials = harness.Trials(out_dir / "bonus.jsonl", trial_problem, log)
         self.data = None  # ((train, val, test), their fingerprint), set by splits()
+        self.cache = {}  # the bases of the splits, and the projected crops of the last trial
 
     def splits(self, n_val: int) -> tuple:
         """Normalised (train, val, test): the last n_val of the five batches validate. They are
         the data of the trials from now on."""
+        self.data, self.cache = None, {}
         five = a.concat([a.load_batch(self.data_dir / f) for f in a.CIFAR_FILES[:5]])
         tr, va = a.split_last(a.head(five, self.limit and self.limit + n_val), n_val)
         tr, va, te = a.normalise(tr, va, a.load_batch(self.data_dir / "test_batch"))
         self.data = ((tr, va, te), harness.arrays_fingerprint(tr.X, tr.y, va.X, va.y, te.X, te.y))
         return tr, va, te
 
-    def trial(self, stage: str, i: int, label: str, cfg, x, seed: int, basis) -> dict:
+    def basis(self, k: int) -> np.ndarray | None:
+        """The top k principal directions of the training images and their mirror images (D, k),
+        made once per k; None for k = 0."""
+        if k and ("basis", k) not in self.cache:
+            tr = self.data[0][0]
+            self.cache["basis", k] = pca_basis(np.ascontiguousarray(tr.X.T), k, mirror=True)
+        return self.cache.get(("basis", k))
+
+    def crops(self, x: Extras) -> np.ndarray | None:
+        """projected_crops for x's directions and shifts; only the last ones are kept (GBs)."""
+        if not (x.pca and (x.flip or x.shift)):
+            return None
+        if ("crops", x.pca, x.shift) not in self.cache:
+            for key in [k for k in self.cache if k[0] == "crops"]:
+                del self.cache[key]
+            t0, tr = time.perf_counter(), self.data[0][0]
+            self.cache["crops", x.pca, x.shift] = projected_crops(
+                np.ascontiguousarray(tr.X.T), self.basis(x.pca), x.shift)
+            self.log(f"projected the crops of {tr.n} images into {x.pca} directions in "
+                     f"{time.perf_counter() - t0:.0f} s")
+        return self.cache["crops", x.pca, x.shift]
+
+    def trial(self, stage: str, label: str, cfg, x, seed: int) -> dict:
         """A network trained on the experiment's data, as a record with its weights in models/:
-        reused when one with the same key is there, else trained (resuming a run cut short)."""
+        reused when one with the same key is there, else trained (resuming a run cut short).
+        Every network of a stage with the same seed draws from the same random stream."""
         (tr, va, te), data = self.data
-        key = {"stage": stage, "trial": i, "seed": seed, "n_train": tr.n, "n_val": va.n,
+        key = {"stage": stage, "seed": seed, "n_train": tr.n, "n_val": va.n,
                **asdict(cfg), **asdict(x), "code": self.code, "data": data}
         name = harness.short_hash(harness.key_text(key))
-        weights = self.out_dir / "models" / f"{name}.npz"
-        if (hit := self.trials.get(key)) is not None and weights.is_file():
+        weights = self.weights_file({"key": key})
+        hit = self.trials.get(key)  # the ablation's records suffice; the recipe's are combined
+        if hit is not None and (weights.is_file() or stage != "recipe"):
             self.log(f"{label}: kept from bonus.jsonl, val acc {hit['val_acc']}")
             return hit | {"name": label}
-        rng = np.random.default_rng([seed, 16 if stage == "recipe" else 17, i])
+        rng = np.random.default_rng([seed, 16 if stage == "recipe" else 17])
         progress = (self.out_dir / f"bonus.{name}.progress.npz", key)
         try:
-            params, hist = train_network(tr, va, cfg, x, rng, basis, progress,
-                                         log=lambda s: self.log(f"{label}: {s}"))
+            params, hist = train_network(tr, va, cfg, x, rng, self.basis(x.pca), progress,
+                                         log=lambda s: self.log(f"{label}: {s}"),
+                                         crops=self.crops(x))
         except a.Diverged as e:
             self.log(f"{label}: {e}")
             params, hist = None, None
-        rec = record_trial(label, seed, cfg, params, hist, va, te if stage == "recipe" else None)
+        rec = record_trial(label, seed, cfg, x, params, hist, va,
+                           te if stage == "recipe" else None)
         if params is not None:
             with a.atomic_path(weights) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **params)
@@ -462,15 +637,18 @@ class Experiment:
         progress[0].unlink(missing_ok=True)  # the trial is in bonus.jsonl now
         return rec | {"key": key}
 
+    def weights_file(self, trial: dict) -> Path:
+        return self.out_dir / "models" / f"{harness.short_hash(harness.key_text(trial['key']))}.npz"
+
     def weights(self, trial: dict) -> dict:
-        name = harness.short_hash(harness.key_text(trial["key"]))
-        with np.load(self.out_dir / "models" / f"{name}.npz") as f:
+        with np.load(self.weights_file(trial)) as f:
             return {k: f[k] for k in ("W1", "b1", "W2", "b2")}
 
 
-def record_trial(label: str, seed: int, cfg, params, hist, va, te) -> dict:
+def record_trial(label: str, seed: int, cfg, x, params, hist, va, te) -> dict:
     """What is kept of a trained network: its curves and accuracies, plain and mirrored (the
-    test set seen once per evaluation)."""
+    test set seen once per evaluation); without a test set (the ablation), the validation
+    accuracy with each of the test-time views."""
     if params is None:
         return {"name": label, "seed": seed, "lam": cfg.lam, "diverged": True, "val_acc": None}
     mirrored = views(0)["mirrored"]
@@ -481,6 +659,8 @@ def record_trial(label: str, seed: int, cfg, params, hist, va, te) -> dict:
     if te is not None:  # the ablation (te None) never looks at the test set
         rec |= {"test_acc": a.evaluate(te.X, te.y, params, cfg.lam)["acc"],
                 "test_acc_mirror": view_accuracy(te, params, mirrored)}
+    else:
+        rec["val_acc_views"] = view_accuracies(va, params, views(x.shift))
     return rec | {"seconds": hist["seconds"][-1], "history": hist}
 
 
@@ -498,13 +678,10 @@ def run_recipe(ex: Experiment) -> dict:
     """The recipe's networks, then the networks made of them: results_bonus.json."""
     e, splits = ex.e, ex.splits(1000 if not ex.limit else 200)
     tr, va, _ = splits
-    cfg, x = recipe(e, tr.n // a.Config.n_batch)
-    XT = np.ascontiguousarray(tr.X.T)
-    basis = pca_basis(XT, x.pca) if x.pca else None  # one eigendecomposition for every network
-    kept = pca_variance_kept(XT, basis) if x.pca else 1.0
+    cfg, x = recipe(e, tr.n)
+    kept = pca_variance_kept(np.ascontiguousarray(tr.X.T), ex.basis(x.pca)) if x.pca else 1.0
     ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
-    del XT
-    runs = [ex.trial("recipe", 0, f"seed {s}", cfg, x, s, basis)
+    runs = [ex.trial("recipe", f"seed {s}", cfg, x, s)
             for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     if any(t["diverged"] for t in runs):
         raise a.Diverged("the recipe diverged")
@@ -542,19 +719,62 @@ def combined(ex: Experiment, runs: list, splits: tuple, m: int, shift: int,
 
 
 def explore(ex: Experiment) -> dict:
-    """The ablation at the recipe's budget on 45,000 / 5,000, validation only; the results
-    file is written again after every row, so the rows done can be read while the rest train."""
+    """The ablation on 45,000 / 5,000, validation only: every row's first seed, then every row's
+    next, so that each row has a number early and an error bar later; the results file is
+    written again after every run, so the runs done can be read while the rest train. On the
+    recipe's runs: the test-time views, and the networks made of them."""
     splits = ex.splits(5000 if not ex.limit else 500)
     tr, va, _ = splits
-    rows = ablation(ex.e, tr.n // a.Config.n_batch)
-    basis = pca_basis(np.ascontiguousarray(tr.X.T), ex.e.pca) if ex.e.pca else None
-    res = {"n_train": tr.n, "n_val": va.n, "rows_planned": list(rows), "rows": {}}
-    for i, (label, (cfg, x)) in enumerate(rows.items()):
-        t = ex.trial("explore", i, label, cfg, x, ex.seed, basis)
-        res["rows"][label] = clean(t)
-        res["train_seconds"] = round(sum(r.get("seconds", 0) for r in res["rows"].values()), 1)
-        save(ex.out_dir, "explore", res, format_explore)
+    rows = ablation(ex.e, tr.n)
+    res = {"n_train": tr.n, "n_val": va.n, "epochs": ex.e.epochs, "rows_planned": list(rows),
+           "rows": {}}
+    seeds, recipe_runs = range(ex.seed, ex.seed + ex.e.ablation_seeds + 1), []
+    for j, seed in enumerate(seeds):
+        for label, (cfg, x, against) in rows.items():
+            if j == len(seeds) - 1 and label != "recipe":
+                continue  # the recipe's extra seed
+            t = ex.trial("explore", label, cfg, x, seed)
+            recipe_runs += [t] if label == "recipe" and not t["diverged"] else []
+            row = res["rows"].setdefault(label, {"against": against, "runs": [],
+                                                 "epochs": epochs_of(cfg, tr.n)})
+            row["runs"].append(clean(t))
+            res |= summary(res["rows"])
+            save(ex.out_dir, "explore", res, format_explore)
+    res["views"] = [{"seed": t["seed"], "val_acc_views": t["val_acc_views"]} for t in recipe_runs]
+    kept = [t for t in recipe_runs if ex.weights_file(t).is_file()]  # weights stay on a machine
+    res["combined"] = [{"k": k, "seeds": [t["seed"] for t in kept[:k]],
+                        "val_acc_views": view_accuracies(va, concatenate(
+                            [ex.weights(t) for t in kept[:k]]), views(ex.e.shift))}
+                       for k in range(2, len(kept) + 1)]
+    save(ex.out_dir, "explore", res, format_explore)
     return res
+
+
+def epochs_of(cfg: a.Config, n_train: int) -> float:
+    """The budget of a run in epochs of n_train images."""
+    return round(2 * cfg.n_s * cfg.n_cycles / (n_train // cfg.n_batch), 2)
+
+
+def summary(rows: dict) -> dict:
+    """Each row's mean and spread of validation accuracy over its seeds, and its difference to
+    the recipe row it is measured against, with a standard error from the spread of one run,
+    pooled over the rows with two runs or more (the rows differ in their means, not in how
+    much one run varies): se = s sqrt(1/n + 1/n_recipe)."""
+    accs = {n: [t["val_acc"] for t in r["runs"] if not t["diverged"]] for n, r in rows.items()}
+    dof = sum(len(v) - 1 for v in accs.values() if len(v) > 1)
+    ss = sum(float(np.sum((np.array(v) - np.mean(v)) ** 2)) for v in accs.values() if len(v) > 1)
+    pooled = math.sqrt(ss / dof) if dof else None
+    for name, row in rows.items():
+        v, ref = accs[name], accs.get(row["against"], [])
+        row["val_acc"] = v
+        row["mean"] = float(np.mean(v)) if v else None
+        row["std"] = float(np.std(v, ddof=1)) if len(v) > 1 else None
+        same = name == row["against"] or not v or not ref
+        row["diff"] = None if same else row["mean"] - float(np.mean(ref))
+        row["se"] = None if same or pooled is None else pooled * math.sqrt(1 / len(v)
+                                                                            + 1 / len(ref))
+    seconds = sum(t.get("seconds", 0) for r in rows.values() for t in r["runs"])
+    return {"pooled_std": pooled, "pooled_dof": dof, "train_seconds": round(seconds, 1)}
 
 
 def clean(trial: dict) -> dict:
@@ -633,11 +853,31 @@ def format_bonus(res: dict) -> str:
 
 
 def format_explore(res: dict) -> str:
-    """results_explore.txt: the ablation at the recipe's budget."""
+    """results_explore.txt: the ablation, a row per change, mean +- spread over its seeds and
+    the difference to its recipe row +- a standard error, in points of validation accuracy."""
+    def pts(x, sign=False):
+        return "-" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+    pooled = res.get("pooled_std")
     out = [f"Exercise 5's ablation: {res['n_train']} training / {res['n_val']} validation images, "
-           f"one change per row", "", f"{'row':<36} {'val acc':>8} {'minutes':>8}"]
-    out += [f"{n:<36} {a.pct(t['val_acc']):>8} {t.get('seconds', 0) / 60:>8.1f}"
-            for n, t in res["rows"].items()]
+           f"one change per row; validation accuracy (%) over the seeds of each row",
+           f"standard error of a difference from the spread of one run, pooled over the rows: "
+           f"{pts(pooled)} points ({res.get('pooled_dof', 0)} degrees of freedom)", "",
+           f"{'row':<34} {'epochs':>6} {'runs':>4} {'mean':>6} {'+-std':>6} {'diff':>6} "
+           f"{'+-se':>5} {'min/run':>7}"]
+    for name, r in res["rows"].items():
+        minutes = np.mean([t.get("seconds", 0) for t in r["runs"]]) / 60
+        out.append(f"{name:<34} {r['epochs']:>6g} {len(r['val_acc']):>4} {pts(r['mean']):>6} "
+                   f"{pts(r['std']):>6} {pts(r['diff'], True):>6} {pts(r['se']):>5} "
+                   f"{minutes:>7.1f}")
+    missing = [n for n in res["rows_planned"] if n not in res["rows"]]
+    if missing:
+        out += ["", "not run yet: " + ", ".join(missing)]
+    for v in res.get("views", []):
+        out.append(f"recipe, seed {v['seed']}, with test-time views: " + ", ".join(
+            f"{k} {pts(acc)}" for k, acc in v["val_acc_views"].items()))
+    for c in res.get("combined", []):
+        out.append(f"recipe runs of seeds {c['seeds']} as one network: " + ", ".join(
+            f"{k} {pts(acc)}" for k, acc in c["val_acc_views"].items()))
     return "\n".join(out) + "\n"
 
 
@@ -667,7 +907,8 @@ def main(argv=None) -> int:
             a.check_out_dir(out)
             for folder in (out, out / "models"):
                 a.clean_temporaries(folder)
-            ex = Experiment(data_dir, out, args.seed, args.quick)
+            ex = Experiment(data_dir, out, args.seed, QUICK if args.quick else Exercise5(),
+                            2000 if args.quick else None)
             t0 = time.perf_counter()
             if args.step == "recipe":
                 save(out, "bonus", run_recipe(ex), format_bonus)

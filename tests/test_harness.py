@@ -115,10 +115,63 @@ def test_flatten_names_the_leaves_by_their_path():
     assert harness.flatten({"m": {"W1": 1}, "b": 2}) == {"m/W1": 1, "b": 2}
 
 
-def test_the_code_fingerprint_ignores_comments_and_docstrings(tmp_path):
-    one, two = tmp_path / "one.py", tmp_path / "two.py"
-    one.write_text('def f():\n    "doc"\n    return 1  # why\n')
-    two.write_text("def f():\n    return 1\n")
-    assert harness.fingerprint(one) == harness.fingerprint(two)
-    two.write_text("def f():\n    return 2\n")
-    assert harness.fingerprint(one) != harness.fingerprint(two)
+def fingerprint_of(folder, files: dict, root="run"):
+    """harness.code_fingerprint of main.root, with files {name: source} as modules of folder."""
+    import importlib
+    import sys
+    for name, text in files.items():
+        (folder / f"{name}.py").write_text(text)
+        sys.modules.pop(name, None)
+    harness.definitions.cache_clear()
+    sys.path.insert(0, str(folder))
+    try:
+        importlib.invalidate_caches()
+        return harness.code_fingerprint(getattr(importlib.import_module("main"), root))
+    finally:
+        sys.path.remove(str(folder))
+        for name in files:
+            sys.modules.pop(name, None)
+
+
+MAIN = """import helper as h
+from helper import scale
+
+RATE = 2
+
+
+def run(x):
+    return scale(h.square(x)) * RATE
+
+
+def report(x):
+    return f"{run(x)}"
+"""
+HELPER = """def square(x):
+    return x * x
+
+
+def scale(x):
+    return 3 * x
+
+
+def unused():
+    return 0
+"""
+
+
+def test_the_code_fingerprint_ignores_comments_docstrings_and_code_it_does_not_run(tmp_path):
+    base = fingerprint_of(tmp_path, {"main": MAIN, "helper": HELPER})
+    for main, helper in [
+            (MAIN.replace("def run(x):\n", 'def run(x):\n    "doc"  # why\n'), HELPER),
+            (MAIN.replace('f"{run(x)}"', 'f"run: {run(x)}"'), HELPER),  # not what run runs
+            (MAIN, HELPER.replace("return 0", "return 1"))]:
+        assert fingerprint_of(tmp_path, {"main": main, "helper": helper}) == base
+
+
+@pytest.mark.parametrize("main,helper", [
+    (MAIN.replace("RATE = 2", "RATE = 3"), HELPER),  # a constant it reads
+    (MAIN, HELPER.replace("x * x", "x * x * x")),  # through the module's alias
+    (MAIN, HELPER.replace("3 * x", "4 * x"))])  # through from ... import
+def test_the_code_fingerprint_follows_what_the_code_runs(tmp_path, main, helper):
+    base = fingerprint_of(tmp_path, {"main": MAIN, "helper": HELPER})
+    assert fingerprint_of(tmp_path, {"main": main, "helper": helper}) != base

@@ -191,7 +191,7 @@ def test_explore_runs_the_ablation_on_validation_only(tmp_path):
                        script=ROOT / "bonus.py")
     assert done.returncode == 0, done.stderr
     res = json.loads((tmp_path / "results_explore.json").read_text())
-    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 1))
+    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 2000))
     assert all("test_acc" not in t for t in res["rows"].values())
 
 
