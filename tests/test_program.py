@@ -186,13 +186,31 @@ def test_bonus_again_reuses_its_runs(bonus_run):
     assert json.loads((out / "results_bonus.json").read_text())["final"] == res["final"]
 
 
-def test_explore_runs_the_ablation_on_validation_only(tmp_path):
-    done = run_program("explore", *need_data(), "--out-dir", str(tmp_path),
+@pytest.fixture(scope="module")
+def explore_run(tmp_path_factory):
+    """One --quick run of Exercise 5's ablation: (folder, results_explore.json, the process)."""
+    args, out = need_data(), tmp_path_factory.mktemp("explore")
+    done = run_program("explore", *args, "--out-dir", str(out), script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results_explore.json").read_text()), done
+
+
+def test_explore_runs_the_ablation_on_validation_only(explore_run):
+    out, res, _ = explore_run
+    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 2000))
+    assert all("test_acc" not in t for r in res["rows"].values() for t in r["runs"])
+    assert len(res["rows"]["recipe"]["runs"]) == 3 and len(res["rows"]["dropout 0.3"]["runs"]) == 2
+    assert (out / "figures" / "ablation.png").stat().st_size > 10_000
+
+
+def test_explore_without_training_reports_the_stored_runs(explore_run):
+    out, res, _ = explore_run
+    done = run_program("explore", *need_data(), "--out-dir", str(out), "--no-training",
                        script=ROOT / "bonus.py")
     assert done.returncode == 0, done.stderr
-    res = json.loads((tmp_path / "results_explore.json").read_text())
-    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 2000))
-    assert all("test_acc" not in t for t in res["rows"].values())
+    assert "step" not in done.stdout and "kept from bonus.jsonl" in done.stdout
+    again = json.loads((out / "results_explore.json").read_text())
+    assert again["rows"] == res["rows"] and again["combined"] == res["combined"]
 
 
 @pytest.fixture(scope="module")
