@@ -78,7 +78,11 @@ def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
         jobs.append("bonus")
     explore = (out_dir / "results_explore.json").is_file()
     if explore:
-        read_results(out_dir / "results_explore.json", "run `python3 bonus.py explore`")
+        res = read_results(out_dir / "results_explore.json", "run `python3 bonus.py explore`")
+        if not all(isinstance(r, dict) and "runs" in r for r in res.get("rows", {}).values()):
+            raise ReportError(f"{out_dir / 'results_explore.json'}: made by an older version; run "
+                              f"`python3 bonus.py explore` again")
+        check_figures(out_dir, ("ablation.png",))
     inputs = {"explore": "yes" if explore else "no"}
     pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir, inputs) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled

@@ -10,6 +10,7 @@ import pytest
 
 import assignment2 as a
 import bonus as b
+import harness
 
 
 def images(n=6, seed=0, dtype=np.float32):
@@ -227,6 +228,38 @@ def test_wide_updates_in_blocks_on_threads_are_the_textbook_rule(optimizer, layo
             fast(params, grads, state, 0.05, t, 0.01, x)
         for k in params:
             np.testing.assert_allclose(params[k], ref[k], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
+def test_updates_flush_subnormal_weights_and_moments_and_nothing_else(optimizer):
+    rng = np.random.default_rng(7)
+    params = {k: v.astype(np.float32) for k, v in a.init_params(30, 20, rng).items()}
+    params["W1"][:4, :5] = 1e-40  # subnormal in float32: a unit the penalty shrank for long
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    grads["W1"][:4, :5] = 0
+    x, t = b.Extras(optimizer=optimizer), b.FLUSH_EVERY  # a step that flushes
+    runs = []
+    for flush in (True, False):
+        p, g = ({k: v.copy() for k, v in d.items()} for d in (params, grads))
+        state = b.optimizer_state(p, optimizer)
+        for v in harness.flatten(state).values():
+            if v.shape == params["W1"].shape:
+                v[:4, :5] = 1e-40  # and so are its moments
+        with pytest.MonkeyPatch.context() as mp:
+            if not flush:
+                mp.setattr(b, "flush_subnormal", lambda z, tmp: None)
+            b.RULES[optimizer](p, g, state, 1e-3, t, 0.0, x)  # lam 0: W1[:4, :5] stays
+        runs.append((p, state))
+    (flushed, flushed_state), (plain, plain_state) = runs
+    tiny = np.finfo(np.float32).tiny
+
+    def subnormal(z):
+        return (z != 0) & (np.abs(z) < tiny)
+    before = [*plain.values(), *harness.flatten(plain_state).values()]
+    after = [*flushed.values(), *harness.flatten(flushed_state).values()]
+    assert any(subnormal(z).any() for z in before) and not any(subnormal(z).any() for z in after)
+    for z, y in zip(after, before):
+        assert np.array_equal(z[~subnormal(y)], y[~subnormal(y)])  # the rest as computed
 
 
 def test_schedules():

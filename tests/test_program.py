@@ -214,11 +214,11 @@ def test_explore_without_training_reports_the_stored_runs(explore_run):
 
 
 @pytest.fixture(scope="module")
-def report_run(quick_run, bonus_run, tmp_path_factory):
-    """Both quick runs' results in one folder, and the report built from them: (folder, the
+def report_run(quick_run, bonus_run, explore_run, tmp_path_factory):
+    """The quick runs' results in one folder, and the report built from them: (folder, the
     finished process)."""
     folder = tmp_path_factory.mktemp("report")
-    for run in (quick_run[0], bonus_run[0]):
+    for run in (quick_run[0], bonus_run[0], explore_run[0]):
         shutil.copytree(run, folder, dirs_exist_ok=True)
     return folder, run_program("--out-dir", str(folder), script="report")
 
