@@ -51,8 +51,8 @@ def code_fingerprint(*roots) -> str:
         if (module.__name__, name) in seen:
             continue
         seen.add((module.__name__, name))
-        node = definitions(module)[name]
-        parts.append(f"{module.__name__}.{name}: {ast.unparse(without_docstrings(node))}")
+        node = without_docstrings(definitions(module)[name])
+        parts.append(f"{module.__name__}.{name}: {ast.unparse(node)}")
         for sub in ast.walk(node):
             if isinstance(sub, ast.Name):
                 todo += uses(module, getattr(module, sub.id, None), sub.id, folder)
@@ -92,9 +92,14 @@ def definitions(module) -> dict:
 
 
 def without_docstrings(node):
-    """A copy of node without the docstrings of it and of what it defines."""
+    """A copy of node without the docstrings and the signatures' annotations of it and of what
+    it defines (type hints do not run; a dataclass's fields stay)."""
     node = copy.deepcopy(node)
     for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            sub.returns = None
+        if isinstance(sub, ast.arg):
+            sub.annotation = None
         body = getattr(sub, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(getattr(body[0], "value", None), ast.Constant)

@@ -425,10 +425,11 @@ def test_concatenated_networks_average_the_scores_of_their_parts():
 def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
     e = b.Exercise5()
     rows = b.ablation(e, 45000)
-    cfg, x, against = rows["recipe"]
-    assert (cfg, x) == b.recipe(e, 45000) and against == "recipe"
-    assert 2 * cfg.n_s == e.epochs * (45000 // e.batch)  # a partial last batch is dropped
-    budgets = {f"{e.epochs // 2} epochs": 0.5, f"{e.epochs * 3 // 2} epochs": 1.5}
+    assert rows["recipe"] == (*b.recipe(e, 45000), "recipe")
+    base = f"recipe, {e.ablation_epochs} epochs"
+    assert rows[base] == (*b.recipe(e, 45000, e.ablation_epochs), base)
+    assert 2 * rows["recipe"][0].n_s == e.epochs * (45000 // e.batch)  # a partial batch dropped
+    budgets = {f"{e.ablation_epochs // 2} epochs": 0.5, f"{e.ablation_epochs * 3 // 2} epochs": 1.5}
     for name, (c, y, against) in rows.items():
         a.check_config(c, 45000)
         b.check_extras(y)
@@ -441,7 +442,7 @@ def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
         assert len(changed) <= 1 or (name.startswith("no augmentation")
                                      and changed == {"flip", "shift"}), (name, changed)
         assert changed or name in budgets or name == against, name
-    assert rows[f"recipe, {e.short_epochs} epochs"][2] == f"recipe, {e.short_epochs} epochs"
+    assert sum(against == "recipe" for *_, against in rows.values()) == 3  # at both budgets
 
 
 def test_the_summary_pools_the_spread_of_one_run():

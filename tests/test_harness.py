@@ -163,6 +163,8 @@ def test_the_code_fingerprint_ignores_comments_docstrings_and_code_it_does_not_r
     base = fingerprint_of(tmp_path, {"main": MAIN, "helper": HELPER})
     for main, helper in [
             (MAIN.replace("def run(x):\n", 'def run(x):\n    "doc"  # why\n'), HELPER),
+            (MAIN.replace("def run(x):", "def run(x: h.unused) -> float:"),  # hints ...
+             HELPER.replace("return 0", "return 2")),  # ... are not followed
             (MAIN.replace('f"{run(x)}"', 'f"run: {run(x)}"'), HELPER),  # not what run runs
             (MAIN, HELPER.replace("return 0", "return 1"))]:
         assert fingerprint_of(tmp_path, {"main": main, "helper": helper}) == base
