@@ -1,7 +1,7 @@
 """DD2424 Assignment 2, Exercise 5: a stronger two-layer network, on assignment2.py's network.
 
     python3 bonus.py --data-dir DIR            # the recipe, 4 networks: about 55 minutes on 2 cores
-    python3 bonus.py explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 8 hours
+    python3 bonus.py explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 6 hours
     python3 bonus.py --quick                   # tiny sizes, a smoke test in seconds
 
 The mechanisms: augmentation (mirroring and translations, one gather per batch), dropout (in

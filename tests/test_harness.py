@@ -1,6 +1,7 @@
 """The long-run harness of Exercise 5: trial records and resuming a run cut short."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,17 +18,20 @@ def small_run():
     return s, cfg, b.Extras(pca=0, shift=1)
 
 
-def train(path, log=print):
+def train(path, log=print, basis=None):
+    """small_run() trained, saving its progress to path; with basis, W1 in its directions (the
+    projected crops, as the recipe trains)."""
     s, cfg, x = small_run()
-    return b.train_network(s, s, cfg, x, np.random.default_rng(1), progress=(path, {"k": 1}),
-                           log=log)
+    x = replace(x, pca=basis.shape[1]) if basis is not None else x
+    return b.train_network(s, s, cfg, x, np.random.default_rng(1), basis,
+                           progress=(path, {"k": 1}), log=log)
 
 
 class Stop(Exception):
     pass
 
 
-def cut_short(path, monkeypatch, after=2):
+def cut_short(path, monkeypatch, after=2, basis=None):
     """Train until `after` states are saved, then stop as a kill would."""
     save, calls = harness.save_progress, []
 
@@ -38,15 +42,18 @@ def cut_short(path, monkeypatch, after=2):
             raise Stop
     monkeypatch.setattr(harness, "save_progress", save_then_stop)
     with pytest.raises(Stop):
-        train(path)
+        train(path, basis=basis)
     monkeypatch.setattr(harness, "save_progress", save)
 
 
-def test_a_run_cut_short_resumes_to_the_same_network(tmp_path, monkeypatch):
-    whole, _ = train(tmp_path / "a.npz")
+@pytest.mark.parametrize("directions", [0, 8])
+def test_a_run_cut_short_resumes_to_the_same_network(tmp_path, monkeypatch, directions):
+    XT = np.ascontiguousarray(small_run()[0].X.T)
+    basis = b.pca_basis(XT, directions, mirror=True) if directions else None
+    whole, _ = train(tmp_path / "a.npz", basis=basis)
     path, said = tmp_path / "b.npz", []
-    cut_short(path, monkeypatch)
-    params, hist = train(path, log=said.append)
+    cut_short(path, monkeypatch, basis=basis)
+    params, hist = train(path, log=said.append, basis=basis)
     assert any("resumed at step" in s for s in said)
     for k in whole:
         np.testing.assert_array_equal(params[k], whole[k])
