@@ -304,11 +304,16 @@ def evaluate(X: np.ndarray, y: np.ndarray, params: dict, lam: float, chunk=10000
 
 def backward(X, y, P, H, params: dict, lam: float, out: dict | None = None, drop=None) -> dict:
     """Eqs. (12-13): the gradients of the mini-batch cost J. With one-hot Y, dJ/dS = (P - Y)/n;
-    y indexes it instead. out: arrays shaped like params to write into; drop: forward()'s mask."""
+    labels y index it instead; a (K, n) matrix y is Y as written (targets that are not one-hot,
+    Exercise 5's distillation). out: arrays shaped like params to write into; drop: forward()'s
+    mask."""
     n = X.shape[1]
     grads = out if out is not None else {k: np.empty_like(v) for k, v in params.items()}
-    G = P.copy()  # (K, n)
-    G[y, np.arange(n)] -= 1
+    if np.ndim(y) == 2:
+        G = P - y  # (K, n)
+    else:
+        G = P.copy()  # (K, n)
+        G[y, np.arange(n)] -= 1
     G /= n
     np.matmul(G, H.T, out=grads["W2"])  # (K, m)
     np.sum(G, axis=1, keepdims=True, out=grads["b2"])  # (K, 1)
@@ -331,9 +336,13 @@ def grads_analytic(X, y, params: dict, lam: float, drop=None) -> dict:
 
 
 def grads_numerical(X, y, params: dict, lam: float, h=1e-4, drop=None) -> dict:
-    """Centred finite differences of the cost, one entry at a time (float64, small sizes)."""
+    """Centred finite differences of the cost, one entry at a time (float64, small sizes). y:
+    labels, or a (K, n) matrix Y of targets (the loss is then -sum Y log P / n)."""
     def J():
-        return cross_entropy(forward(X, params, drop)[0], y) + penalty(params, lam)
+        P = forward(X, params, drop)[0]  # (K, n)
+        loss = (cross_entropy(P, y) if np.ndim(y) == 1 else
+                float(-np.sum(y * np.log(P)) / P.shape[1]))
+        return loss + penalty(params, lam)
     grads = {}
     for k, p in params.items():
         grads[k] = g = np.zeros_like(p)

@@ -9,13 +9,14 @@ import pytest
 import assignment2 as a
 import bonus as b
 import harness
+import mechanisms as mech
 
 
 def small_run():
     rng = np.random.default_rng(0)
     s = a.Split(rng.standard_normal((a.D, 60)).astype(np.float32), rng.integers(0, a.K, 60))
     cfg = a.Config(m=6, lam=0.01, eta_max=0.01, n_s=12, n_batch=20, evals_per_cycle=4)
-    return s, cfg, b.Extras(pca=0, shift=1)
+    return s, cfg, mech.Extras(pca=0, shift=1)
 
 
 def train(path, log=print, basis=None):
@@ -23,7 +24,7 @@ def train(path, log=print, basis=None):
     projected crops, as the recipe trains)."""
     s, cfg, x = small_run()
     x = replace(x, pca=basis.shape[1]) if basis is not None else x
-    return b.train_network(s, s, cfg, x, np.random.default_rng(1), basis,
+    return mech.train_network(s, s, cfg, x, np.random.default_rng(1), basis,
                            progress=(path, {"k": 1}), log=log)
 
 
@@ -49,7 +50,7 @@ def cut_short(path, monkeypatch, after=2, basis=None):
 @pytest.mark.parametrize("directions", [0, 8])
 def test_a_run_cut_short_resumes_to_the_same_network(tmp_path, monkeypatch, directions):
     XT = np.ascontiguousarray(small_run()[0].X.T)
-    basis = b.pca_basis(XT, directions, mirror=True) if directions else None
+    basis = mech.pca_basis(XT, directions, mirror=True) if directions else None
     whole, _ = train(tmp_path / "a.npz", basis=basis)
     path, said = tmp_path / "b.npz", []
     cut_short(path, monkeypatch, basis=basis)
