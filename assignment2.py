@@ -335,14 +335,15 @@ def grads_analytic(X, y, params: dict, lam: float, drop=None) -> dict:
     return backward(X, y, P, H, params, lam, drop=drop)
 
 
-def grads_numerical(X, y, params: dict, lam: float, h=1e-4, drop=None) -> dict:
+def grads_numerical(X, y, params: dict, lam: float, h=1e-4, drop=None, loss=None) -> dict:
     """Centred finite differences of the cost, one entry at a time (float64, small sizes). y:
-    labels, or a (K, n) matrix Y of targets (the loss is then -sum Y log P / n)."""
+    labels, or a (K, n) matrix Y of targets (the loss is then -sum Y log P / n); loss(P), if
+    given, is the loss instead (Exercise 5's distillation)."""
     def J():
         P = forward(X, params, drop)[0]  # (K, n)
-        loss = (cross_entropy(P, y) if np.ndim(y) == 1 else
+        data = (loss(P) if loss else cross_entropy(P, y) if np.ndim(y) == 1 else
                 float(-np.sum(y * np.log(P)) / P.shape[1]))
-        return loss + penalty(params, lam)
+        return data + penalty(params, lam)
     grads = {}
     for k, p in params.items():
         grads[k] = g = np.zeros_like(p)

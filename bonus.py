@@ -180,21 +180,23 @@ class Experiment:
                      f"{time.perf_counter() - t0:.0f} s")
         return self.cache["crops", x.pca, x.shift]
 
-    def trial(self, stage: str, label: str, cfg, x, seed: int, train: bool = True, teach=None):
+    def trial(self, stage: str, label: str, cfg, x, seed: int, train: bool = True, teach=None,
+              weights: bool = True):
         """A network trained on the experiment's data, as a record with its weights in models/:
         reused when one with the same key is there, else trained (resuming a run cut short), or
         None when train is False. Every network of a stage with the same seed draws from the
         same random stream. Networks of the TESTED stages are tested (and kept to be combined);
         the others are measured on validation only. teach: the targets come from a teacher
-        (mechanisms.hooks), whose key (teach.key) joins the trial's."""
+        (mechanisms.hooks), whose key (teach.key) joins the trial's. weights=False: the record
+        of a tested network suffices (its weights may be on another machine)."""
         (tr, va, te), data = self.data
         key = {"stage": stage, "seed": seed, "n_train": tr.n, "n_val": va.n,
                **asdict(cfg), **asdict(x), "code": self.code, "data": data,
                **({"teacher": teach.key} if teach is not None else {})}
         name, tested = trial_name({"key": key}), stage in TESTED
-        weights = self.weights_file(name)
+        path = self.weights_file(name)
         hit = self.trials.get(key)
-        if hit is not None and (weights.is_file() or not tested):
+        if hit is not None and (path.is_file() or not (tested and weights)):
             self.log(f"{label}: kept from bonus.jsonl, val acc {hit['val_acc']}")
             return hit | {"name": label}
         if not train:
@@ -210,7 +212,7 @@ class Experiment:
             params, hist = None, None
         rec = record_trial(label, seed, cfg, x, params, hist, va, te if tested else None)
         if params is not None:
-            with a.atomic_path(weights) as tmp, open(tmp, "wb") as f:
+            with a.atomic_path(path) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **params)
         self.trials.add(rec | {"key": key})
         progress[0].unlink(missing_ok=True)  # the trial is in bonus.jsonl now

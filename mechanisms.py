@@ -503,3 +503,77 @@ def measure(params: dict, splits: tuple, shift: int, evaluation: str | None = No
             "test_acc_chosen": test[evaluation]}
 
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Distillation: a teacher's scores as the targets (hooks' teach)
+
+def distillation_targets(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
+                         alpha: float) -> np.ndarray:
+    """The targets Y (K, B) whose P - Y is dL/dS, S the student's scores (eq. 3), for the loss
+        L = (1 - alpha) CE(y, P) + alpha T^2 CE(Q_T, P_T)    (Hinton et al., 2015),
+    P_T = softmax(S / T) and Q_T = softmax(Zt / T) the student's and the teacher's class
+    probabilities at temperature T, Zt (K, B) the teacher's scores. Since dL/dS =
+    (1 - alpha)(P - Y_y) + alpha T (P_T - Q_T), Y = (1 - alpha) Y_y + alpha (P - T (P_T - Q_T));
+    at T = 1 that is the mixture (1 - alpha) Y_y + alpha Q. P_T = softmax(log P / T)."""
+    B = y.size
+    Y = np.zeros_like(P)  # (K, B)
+    Y[y, np.arange(B)] = 1 - alpha
+    if T == 1:
+        return Y + alpha * a.softmax(Zt)
+    P_T = a.softmax(np.log(np.maximum(P, np.finfo(P.dtype).tiny)) / T)  # (K, B)
+    return Y + alpha * (P - T * (P_T - a.softmax(Zt / T)))
+
+
+def distillation_loss(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
+                      alpha: float) -> float:
+    """L of distillation_targets, averaged over the columns (for the gradient checks)."""
+    P_T = a.softmax(np.log(P) / T)  # (K, B)
+    Q_T = a.softmax(Zt / T)  # (K, B)
+    return float((1 - alpha) * a.cross_entropy(P, y)
+                 - alpha * T ** 2 * np.mean(np.sum(Q_T * np.log(P_T), axis=0)))
+
+
+class Distillation:
+    """A teacher's scores as the student's targets, for hooks' teach. scores (n, V, K): the
+    teacher's scores of V views (n, V, 3) of (f, oy, ox) of every training image (as
+    random_views gives them). per_view: each step trains on one of an image's V views, drawn
+    uniformly, against the teacher's scores of that view; else on any view, as random_views
+    draws it for x, against the teacher's mean over the V views (softmax averaged, at T = 1).
+    T, alpha: distillation_targets'. key: what made the scores; the run's key holds it."""
+
+    def __init__(self, views: np.ndarray, scores: np.ndarray, x: Extras, T: float,
+                 alpha: float, per_view: bool, key: dict):
+        if not (T > 0 and 0 <= alpha <= 1):
+            raise a.ConfigError(f"invalid distillation settings: T={T!r}, alpha={alpha!r}")
+        self.views, self.x, self.T, self.alpha, self.per_view = views, x, T, alpha, per_view
+        self.scores = (scores if per_view else  # (n, V, K), or the mean: (n, K)
+                       np.log(np.mean(a.softmax(scores.astype(np.float32).T), axis=1)).T)
+        self.key = {"scores": key, "T": T, "alpha": alpha, "per_view": per_view,
+                    "code": harness.code_fingerprint(Distillation)}
+
+    def draw(self, idx: np.ndarray, rng) -> tuple:
+        """(f, oy, ox) of the images idx to train on, and the teacher's scores of them (K, B)."""
+        if not self.per_view:
+            return (*random_views(self.x, idx.size, rng), self.scores[idx].T)
+        v = rng.integers(0, self.views.shape[1], idx.size)  # (B,)
+        f, oy, ox = self.views[idx, v].T  # (B,) each
+        return f, oy, ox, self.scores[idx, v].T  # (K, B)
+
+    def targets(self, P: np.ndarray, y: np.ndarray, Zt: np.ndarray) -> np.ndarray:
+        return distillation_targets(P, Zt.astype(P.dtype), y, self.T, self.alpha)
+
+
+def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
+    """V different views (f, oy, ox) of each of n images, the plain one first, the others drawn
+    without replacement from all that x's mirroring and moves offer: (n, V, 3) uint8."""
+    side = 2 * x.shift + 1
+    count = (1 + x.flip) * side * side  # the views there are
+    if not 1 <= V <= count:
+        raise a.ConfigError(f"{V} views of each image asked; there are {count}")
+    plain = x.shift * side + x.shift  # f = 0, oy = ox = shift
+    others = np.argsort(rng.random((n, count)), axis=1)  # (n, count): a random order of views
+    others = others[others != plain].reshape(n, count - 1)[:, :V - 1]  # (n, V - 1)
+    codes = np.concatenate([np.full((n, 1), plain), others], axis=1)  # (n, V)
+    f, r = np.divmod(codes, side * side)
+    return np.stack([f, r // side, r % side], axis=2).astype(np.uint8)  # (n, V, 3)

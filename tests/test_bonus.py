@@ -367,7 +367,7 @@ def test_a_teacher_of_one_hot_labels_trains_the_labels_network(mirror_basis):
     assert len(teacher.views) == 2 * cfg.n_s and set(np.concatenate(teacher.views)) == {0, 1}
     for k in p0:
         np.testing.assert_array_equal(p1[k], p0[k])
-    assert h1 == h0
+    assert h1["val_cost"] == h0["val_cost"] and h1["train_acc"] == h0["train_acc"]
 
 
 def test_a_teacher_needs_the_principal_subspace():

@@ -1,0 +1,195 @@
+"""Exercise 5's distillation: the student's loss and its gradient (the P - Q of eq. 12), the
+teacher's soft targets and views, and the convolutional teacher (teacher.py)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import assignment2 as a
+import harness
+import mechanisms as mech
+import teacher as T
+
+
+def problem(d=7, n=6, m=5, seed=3):
+    """A float64 two-layer network, data and a teacher's scores (K, n)."""
+    rng = np.random.default_rng(seed)
+    X, y = rng.standard_normal((d, n)), rng.integers(0, a.K, n)
+    params = a.init_params(d, m, rng, "float64")
+    params["b1"] += 0.1 * rng.standard_normal((m, 1))
+    params["b2"] += 0.1 * rng.standard_normal((a.K, 1))
+    return X, y, params, 3 * rng.standard_normal((a.K, n))
+
+
+def ours(X, y, params, Zt, temperature, alpha, lam):
+    P, H = a.forward(X, params)
+    Y = mech.distillation_targets(P, Zt, y, temperature, alpha)  # (K, n)
+    return a.backward(X, Y, P, H, params, lam)
+
+
+def torch_grads(X, y, params, Zt, temperature, alpha, lam):
+    """The same loss written in torch, differentiated by autograd (float64)."""
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    S = p["W2"] @ torch.relu(p["W1"] @ torch.tensor(X) + p["b1"]) + p["b2"]  # (K, n)
+    labels = torch.nn.functional.cross_entropy(S.T, torch.tensor(y))
+    Q_T = torch.softmax(torch.tensor(Zt) / temperature, dim=0)
+    soft = -torch.mean(torch.sum(Q_T * torch.log_softmax(S / temperature, dim=0), dim=0))
+    J = ((1 - alpha) * labels + alpha * temperature ** 2 * soft
+         + lam * (torch.sum(p["W1"] ** 2) + torch.sum(p["W2"] ** 2)))
+    J.backward()
+    return {k: v.grad.numpy() for k, v in p.items()}
+
+
+SETTINGS = [(1.0, 1.0, 0.0), (1.0, 0.5, 0.1), (3.0, 0.7, 0.01), (0.5, 1.0, 0.0)]
+
+
+@pytest.mark.parametrize("temperature,alpha,lam", SETTINGS)
+def test_the_distillation_gradient_matches_torch_autograd(temperature, alpha, lam):
+    X, y, params, Zt = problem()
+    got, want = (f(X, y, params, Zt, temperature, alpha, lam) for f in (ours, torch_grads))
+    for k in params:
+        assert a.rel_error(got[k], want[k]) < 1e-7, k
+
+
+@pytest.mark.parametrize("temperature,alpha,lam", SETTINGS)
+def test_the_distillation_gradient_matches_finite_differences(temperature, alpha, lam):
+    X, y, params, Zt = problem(seed=4)
+    got = ours(X, y, params, Zt, temperature, alpha, lam)
+    want = a.grads_numerical(X, y, params, lam, h=1e-5, loss=lambda P: mech.distillation_loss(
+        P, Zt, y, temperature, alpha))
+    for k in params:
+        assert a.rel_error(got[k], want[k]) < 1e-6, k
+
+
+def test_at_temperature_one_the_targets_mix_the_labels_and_the_teacher():
+    X, y, params, Zt = problem()
+    P, _ = a.forward(X, params)
+    Y = mech.distillation_targets(P, Zt, y, 1.0, 0.3)
+    np.testing.assert_allclose(Y, 0.7 * np.eye(a.K)[:, y] + 0.3 * a.softmax(Zt), atol=1e-15)
+    np.testing.assert_array_equal(mech.distillation_targets(P, Zt, y, 2.0, 0.0),
+                                  np.eye(a.K)[:, y])
+
+
+def test_target_views_are_distinct_and_start_with_the_plain_image():
+    x = mech.Extras(shift=2)
+    views = mech.target_views(50, 8, x, np.random.default_rng(0))  # (n, V, 3)
+    assert views.shape == (50, 8, 3)
+    np.testing.assert_array_equal(views[:, 0], [[0, 2, 2]] * 50)
+    assert all(len({tuple(v) for v in image}) == 8 for image in views)
+    assert views[..., 0].max() == 1 and views[..., 1:].max() == 4
+    with pytest.raises(a.ConfigError, match="views"):
+        mech.target_views(5, 51, x, np.random.default_rng(0))  # 2 x 25 views there are
+
+
+def distillation(per_view, n=30, V=4):
+    rng = np.random.default_rng(1)
+    x = mech.Extras(shift=1)
+    views = mech.target_views(n, V, x, rng)
+    scores = rng.standard_normal((n, V, a.K)).astype(np.float16)
+    return mech.Distillation(views, scores, x, 2.0, 0.5, per_view, {"teacher": "t"}), views, scores
+
+
+def test_a_view_drawn_comes_with_the_teachers_scores_of_that_view():
+    d, views, scores = distillation(per_view=True)
+    idx = np.array([3, 7, 7, 12])
+    f, oy, ox, Zt = d.draw(idx, np.random.default_rng(2))
+    for j, i in enumerate(idx):
+        v = [tuple(w) for w in views[i]].index((f[j], oy[j], ox[j]))
+        np.testing.assert_array_equal(Zt[:, j], scores[i, v])
+
+
+def test_any_view_comes_with_the_teachers_mean_over_its_views():
+    d, views, scores = distillation(per_view=False)
+    idx = np.array([3, 7])
+    *_, Zt = d.draw(idx, np.random.default_rng(2))
+    mean = np.mean(a.softmax(scores[idx].astype(np.float32).transpose(2, 0, 1)), axis=2)  # (K, B)
+    np.testing.assert_allclose(a.softmax(Zt), mean, rtol=1e-5)
+
+
+def test_a_distillations_key_names_its_settings_and_code():
+    d, *_ = distillation(per_view=True)
+    assert d.key["T"] == 2.0 and d.key["alpha"] == 0.5 and d.key["scores"] == {"teacher": "t"}
+    assert d.key["code"] == harness.code_fingerprint(mech.Distillation)
+    with pytest.raises(a.ConfigError, match="alpha"):
+        mech.Distillation(*distillation(True)[1:], mech.Extras(), 1.0, 1.5, True, {})
+
+
+# --------------------------------------------------------------------------------------------------
+# The teacher
+
+def test_the_teachers_learning_rate_is_a_triangle():
+    tc = T.TeacherConfig(lr=0.4, warmup=0.25)
+    lrs = [T.learning_rate(t, 100, tc) for t in range(101)]
+    assert lrs[0] == 0 and lrs[25] == pytest.approx(0.4) and lrs[100] == 0
+    assert max(lrs) == lrs[25] and lrs[10] == pytest.approx(0.16) and lrs[75] == pytest.approx(0.4 / 3)
+
+
+def test_the_whitening_filters_decorrelate_the_patches():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((40, 3, 32, 32)).astype(np.float32)
+    X = torch.from_numpy(base + np.roll(base, 1, axis=3) + 0.5 * base[:, ::-1])  # correlated
+    layer = torch.nn.Conv2d(3, 24, 2)
+    T.init_whitening(layer, X, eps=1e-9)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(X, layer.weight[:12])  # (n, 12, 31, 31)
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1).double()
+    np.testing.assert_allclose((flat @ flat.T / flat.shape[1]).numpy(), np.eye(12), atol=1e-3)
+
+
+def test_invalid_teacher_settings_refused():
+    with pytest.raises(a.ConfigError, match="width"):
+        T.check_teacher(replace(T.TeacherConfig(), width=0))
+
+
+def tiny_images(n=120, seed=0):
+    """Images (D, n) whose class is the sign pattern of their colour channels' means."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, a.K, n)
+    X = rng.standard_normal((a.D, n)).astype(np.float32)
+    X.reshape(3, 1024, n)[0] += (y % 2) * 2 - 1.0
+    X.reshape(3, 1024, n)[1] += (y // 5) * 2 - 1.0
+    return a.Split(np.asfortranarray(X), y)
+
+
+TINY = T.TeacherConfig(width=4, epochs=5, batch=40, lr=0.5)
+
+
+def test_the_teacher_learns_and_keeps_its_best_epoch():
+    tr = tiny_images()
+    state, hist = T.train_teacher(tr, tr, TINY, 0, log=lambda s: None)
+    assert hist["epoch"] == [1, 2, 3, 4, 5] and hist["val_acc"][-1] > 0.3
+    best = int(np.argmax(hist["val_acc"]))
+    assert T.accuracy(T.load_net(state, TINY), tr) == hist["val_acc"][best]
+
+
+def test_a_teacher_cut_short_resumes_to_the_same_network(tmp_path):
+    tr, said = tiny_images(), []
+    progress = (tmp_path / "teacher.progress.npz", {"run": 1})
+    whole, hist = T.train_teacher(tr, tr, TINY, 0, log=lambda s: None)
+
+    def stop_after_epoch_2(line):
+        said.append(line)
+        if line.startswith("teacher epoch  2/"):
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        T.train_teacher(tr, tr, TINY, 0, progress, log=stop_after_epoch_2)
+    resumed, hist2 = T.train_teacher(tr, tr, TINY, 0, progress, log=said.append)
+    assert any("resumed the teacher after epoch 1" in s for s in said)
+    for k in whole:
+        np.testing.assert_array_equal(resumed[k], whole[k])
+    assert hist2["val_acc"] == hist["val_acc"]
+
+
+def test_the_teachers_scores_of_views_are_those_of_the_moved_images():
+    tr = tiny_images(n=6)
+    state, _ = T.train_teacher(tr, tr, replace(TINY, epochs=1, batch=6), 0, log=lambda s: None)
+    net = T.load_net(state, TINY)
+    views = mech.target_views(6, 3, mech.Extras(shift=2), np.random.default_rng(0))
+    got = T.teacher_logits(net, tr.X, views, shift=2, chunk=4)  # (n, V, K)
+    windows = mech.augment_source(np.ascontiguousarray(tr.X.T), True, 2)
+    for i in range(6):
+        for v, (f, oy, ox) in enumerate(views[i]):
+            image = windows[f, i, :, oy, ox].reshape(1, a.D)
+            np.testing.assert_allclose(got[i, v], T.scores(net, image)[0], rtol=2e-3, atol=2e-3)
