@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import numpy as np
 
 import assignment2 as a
 import harness
+import mechanisms as mech
 from mechanisms import (
     Extras,
     augment_source,
@@ -74,9 +76,13 @@ class Exercise5:
     cycles: int = 3  # ... over this many cycles
     ablation_seeds: int = 2  # runs of every ablation row (the recipe's: one more)
     ablation_epochs: int = 70  # the budget of the ablation's rows; three again at epochs
+    views: int = 8  # distillation: the teacher scores this many views of every training image
+    distil_grid: tuple = ((1.0, 1.0, False), (1.0, 1.0, True), (2.0, 0.9, True),
+                          (4.0, 0.9, True))  # (T, alpha, per view) tried at ablation_epochs
 
 
-QUICK = Exercise5(m=40, pca=0, epochs=2, batch=100, points=2, cycles=1, ablation_epochs=1)
+QUICK = Exercise5(m=40, pca=16, epochs=2, batch=100, points=2, cycles=1, ablation_epochs=1,
+                  views=3, distil_grid=((1.0, 1.0, False), (2.0, 0.5, True)))
 
 
 def recipe(e: Exercise5, n_train: int, epochs: int | None = None) -> tuple:
@@ -271,23 +277,32 @@ def run_recipe(ex: Experiment) -> dict:
     cfg, x = recipe(e, tr.n)
     kept = pca_variance_kept(np.ascontiguousarray(tr.X.T), ex.basis(x.pca)) if x.pca else 1.0
     ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
-    runs = [ex.trial("recipe", f"seed {s}", cfg, x, s)
+    res = final_networks(ex, "recipe", cfg, x, splits)
+    plot_minutes(res.pop("first_runs"), list(res["combined"].values()),
+                 ex.out_dir / "figures" / "bonus_minutes.png")
+    raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
+    plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
+    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
+            "recipe": asdict(cfg) | asdict(x), "epochs": e.epochs, "members": e.members} | res
+
+
+def final_networks(ex: Experiment, stage: str, cfg, x, splits: tuple, teach=None) -> dict:
+    """members * seeds runs of (cfg, x) with consecutive seeds, tested; the networks made of the
+    first 1..members runs, of which validation picks one and its evaluation (the fast recipe is
+    the first run alone); that choice made again with the next seeds' runs."""
+    e = ex.e
+    runs = [ex.trial(stage, f"seed {s}", cfg, x, s, teach=teach)
             for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     if any(t["diverged"] for t in runs):
-        raise a.Diverged("the recipe diverged")
+        raise a.Diverged(f"a run of the {stage} diverged")
     groups = [runs[g * e.members:(g + 1) * e.members] for g in range(e.seeds)]
     first = [combined(ex, groups[0][:k], splits, cfg.m, x.shift) for k in range(1, e.members + 1)]
     final = max(first, key=lambda t: t["val_acc_views"][t["evaluation"]])
     again = [combined(ex, g[:final["k"]], splits, cfg.m, x.shift, final["evaluation"])
              for g in groups[1:]]
-    plot_minutes(groups[0], first, ex.out_dir / "figures" / "bonus_minutes.png")
-    raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
-    plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
-    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
-            "recipe": asdict(cfg) | asdict(x), "epochs": e.epochs, "members": e.members,
-            "views": list(views(x.shift)), "runs": {t["name"]: clean(t) for t in runs},
+    return {"views": list(views(x.shift)), "runs": {t["name"]: clean(t) for t in runs},
             "combined": {t["name"]: t for t in first}, "fast": first[0], "final": final,
-            "final_seeds": [final] + again,
+            "final_seeds": [final] + again, "first_runs": groups[0],
             "train_seconds": round(sum(t["seconds"] for t in runs), 1)}
 
 
@@ -306,6 +321,117 @@ def combined(ex: Experiment, runs: list, splits: tuple, m: int, shift: int,
                                            res["val_acc_views"].items())
            + f"; test acc {res['test_acc_chosen']:.4f} ({res['evaluation']})")
     return res
+
+
+def run_distil(ex: Experiment) -> dict:
+    """The recipe's network trained on a convolutional teacher's scores: results_distil.json.
+    The teacher (teacher.py) trains on the recipe's training images, validation picks its
+    epoch; it scores e.views views of every training image; one student of the recipe's network
+    at e.ablation_epochs per setting of e.distil_grid, validation picks the setting; then
+    members * seeds students at the recipe's budget, tested and combined as the recipe's runs.
+    Beside them: the recipe's own runs, on the labels alone (trained here if bonus.jsonl does
+    not hold them)."""
+    import teacher as tch
+    e, splits = ex.e, ex.splits(1000 if not ex.limit else 200)
+    tr, va, _ = splits
+    cfg, x = recipe(e, tr.n)
+    tc = tch.QUICK_TEACHER if ex.limit else tch.TeacherConfig()
+    net, teacher = teacher_trial(ex, tc)
+    target_views, scores, scored = teacher_scores(ex, net, teacher, x)
+    short = recipe(e, tr.n, e.ablation_epochs)[0]
+    search = {}
+    for temperature, alpha, per_view in e.distil_grid:
+        d = mech.Distillation(target_views, scores, x, temperature, alpha, per_view,
+                              scored["key"])
+        label = (f"T={temperature:g}, alpha={alpha:g}, "
+                 + ("the view's scores" if per_view else "the image's mean scores"))
+        t = ex.trial("distil-search", label, short, x, ex.seed, teach=d)
+        search[label] = {"T": temperature, "alpha": alpha, "per_view": per_view} | clean(t)
+    chosen = max(search, key=lambda k: search[k]["val_acc"] or 0)
+    c = search[chosen]
+    d = mech.Distillation(target_views, scores, x, c["T"], c["alpha"], c["per_view"],
+                          scored["key"])
+    res = final_networks(ex, "distil", cfg, x, splits, teach=d)
+    res.pop("first_runs")
+    labels = [clean(ex.trial("recipe", f"seed {s}", cfg, x, s, weights=False))
+              for s in range(ex.seed, ex.seed + e.members * e.seeds)]
+    seconds = teacher["seconds"] + scored["seconds"] + sum(t["seconds"] for t in search.values())
+    return {"n_train": tr.n, "n_val": va.n, "recipe": asdict(cfg) | asdict(x),
+            "epochs": e.epochs, "members": e.members, "teacher": clean(teacher) | asdict(tc),
+            "scores": scored, "search": search, "search_epochs": e.ablation_epochs,
+            "chosen": chosen, **res, "labels_only": {t["name"]: t for t in labels},
+            "gain": gain([t["test_acc"] for t in res["runs"].values()],
+                         [t["test_acc"] for t in labels]),
+            "train_seconds": round(seconds + res["train_seconds"], 1)}
+
+
+def teacher_trial(ex: Experiment, tc) -> tuple:
+    """The teacher network of the experiment's data and its record: kept from bonus.jsonl and
+    models/ when its key is there, else trained (resuming a run cut short), the test set seen
+    once by the epoch validation picked."""
+    import teacher as tch
+    (tr, va, te), data = ex.data
+    key = {"stage": "teacher", "seed": ex.seed, "n_train": tr.n, "n_val": va.n, **asdict(tc),
+           "code": harness.code_fingerprint(tch.train_teacher, tch.load_net, tch.accuracy),
+           "data": data}
+    name = trial_name({"key": key})
+    path, hit = ex.weights_file(name), ex.trials.get(key)
+    if hit is not None and path.is_file():
+        ex.log(f"teacher: kept from bonus.jsonl, val acc {hit['val_acc']}")
+        with np.load(path) as f:
+            return tch.load_net({k: f[k] for k in f.files}, tc), hit | {"key": key}
+    progress = (ex.out_dir / f"bonus.{name}.progress.npz", key)
+    state, hist = tch.train_teacher(tr, va, tc, ex.seed, progress, ex.log)
+    net, best = tch.load_net(state, tc), int(np.argmax(hist["val_acc"]))
+    rec = {"name": "teacher", "seed": ex.seed, "diverged": False, "epoch": best + 1,
+           "val_acc": hist["val_acc"][best], "test_acc": tch.accuracy(net, te),
+           "seconds": hist["seconds"][-1], "history": hist}
+    ex.log(f"teacher: val acc {rec['val_acc']:.4f} (epoch {best + 1}), test acc "
+           f"{rec['test_acc']:.4f}, {rec['seconds'] / 60:.1f} minutes")
+    with a.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **state)
+    ex.trials.add(rec | {"key": key})
+    progress[0].unlink(missing_ok=True)
+    return net, rec | {"key": key}
+
+
+def teacher_scores(ex: Experiment, net, teacher: dict, x) -> tuple:
+    """(views (n, V, 3), the teacher's scores of them (n, V, K), their key and seconds): e.views
+    views of every training image, the plain one first (mechanisms.target_views), scored once
+    and kept in models/ under the key of the teacher, the views and the code."""
+    import teacher as tch
+    tr = ex.data[0][0]
+    key = {"teacher": trial_name(teacher), "views": ex.e.views, "flip": x.flip,
+           "shift": x.shift, "seed": ex.seed,
+           "code": harness.code_fingerprint(tch.teacher_logits, mech.target_views)}
+    path = ex.out_dir / "models" / f"scores-{trial_name({'key': key})}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as f:
+                views_, scores, seconds = f["views"], f["scores"], float(f["seconds"])
+            if views_.shape != (tr.n, ex.e.views, 3) or scores.shape != (tr.n, ex.e.views, a.K):
+                raise ValueError("its arrays do not fit the training images")
+            ex.log(f"the teacher's scores of {ex.e.views} views an image: kept from {path.name}")
+            return views_, scores, {"key": key, "seconds": seconds}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            harness.set_aside(path, f"not a readable file of scores ({e}); scoring again", ex.log)
+    views_ = mech.target_views(tr.n, ex.e.views, x, np.random.default_rng([ex.seed, 19]))
+    t0 = time.perf_counter()
+    scores = tch.teacher_logits(net, tr.X, views_, x.shift)
+    seconds = round(time.perf_counter() - t0, 1)
+    ex.log(f"the teacher scored {ex.e.views} views of {tr.n} images in {seconds:.0f} s")
+    with a.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, views=views_, scores=scores, seconds=np.array(seconds))
+    return views_, scores, {"key": key, "seconds": seconds}
+
+
+def gain(distilled: list, labels: list) -> dict:
+    """The mean test accuracy of the distilled runs minus that of the labels' runs, with its
+    standard error from the two spreads (Welch's: s_d^2 / n_d + s_l^2 / n_l)."""
+    se = (math.sqrt(np.var(distilled, ddof=1) / len(distilled) + np.var(labels, ddof=1)
+                    / len(labels)) if min(len(distilled), len(labels)) > 1 else None)
+    return {"diff": float(np.mean(distilled) - np.mean(labels)), "se": se,
+            "distilled_mean": float(np.mean(distilled)), "labels_mean": float(np.mean(labels))}
 
 
 def explore(ex: Experiment, train: bool = True) -> dict:
@@ -501,6 +627,35 @@ def format_explore(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def format_distil(res: dict) -> str:
+    """results_distil.txt: the teacher, the settings tried, the distilled and the labels' runs."""
+    pct, t = a.pct, res["teacher"]
+    out = [f"Exercise 5: the recipe's network trained on a convolutional teacher's scores, "
+           f"{res['n_train']} training / {res['n_val']} validation images",
+           f"teacher: width {t['width']}, {t['epochs']} epochs; val acc {pct(t['val_acc'])} "
+           f"(epoch {t['epoch']}), test acc {pct(t['test_acc'])}, {t['seconds'] / 60:.1f} "
+           f"minutes; its scores of {res['scores']['key']['views']} views of every training "
+           f"image: {res['scores']['seconds'] / 60:.1f} minutes", "",
+           f"settings on validation ({res['search_epochs']} epochs; chosen: {res['chosen']}):"]
+    out += [f"  {name}: val acc {pct(r['val_acc'])}" for name, r in res["search"].items()]
+    out += ["", f"{'run':<12} {'distilled val':>13} {'test':>7} {'labels only val':>15} "
+            f"{'test':>7}"]
+    for (name, r), lo in zip(res["runs"].items(), res["labels_only"].values()):
+        out.append(f"{name:<12} {pct(r['val_acc']):>13} {pct(r['test_acc']):>7} "
+                   f"{pct(lo['val_acc']):>15} {pct(lo['test_acc']):>7}")
+    g = res["gain"]
+    se = "" if g["se"] is None else f" +- {100 * g['se']:.2f}"
+    out += ["", f"one run, test acc: distilled {pct(g['distilled_mean'])}, labels only "
+            f"{pct(g['labels_mean'])}, gain {100 * g['diff']:+.2f}{se} points (standard error)",
+            "test accuracy with the evaluation validation picks:"]
+    out += [f"  {n['name']}: {pct(n['test_acc_chosen'])} ({n['evaluation']}), plain "
+            f"{pct(n['test_acc'])}" for n in list(res["combined"].values())
+            + res["final_seeds"][1:]]
+    out += ["", f"final network: {res['final']['name']}; training time of the whole step "
+            f"(teacher, scores, students): {res['train_seconds'] / 60:.1f} minutes"]
+    return "\n".join(out) + "\n"
+
+
 def save(out_dir: Path, step: str, res: dict, fmt) -> None:
     """results_<step>.json and .txt, each written whole."""
     a.write_atomic(out_dir / f"results_{step}.json", json.dumps(res, indent=1) + "\n")
@@ -511,7 +666,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("step", nargs="?", default="recipe", choices=["recipe", "explore"])
+    p.add_argument("step", nargs="?", default="recipe", choices=["recipe", "explore", "distil"])
     p.add_argument("--data-dir", default=None, help="folder of the CIFAR-10 python batches "
                    "(default: $CIFAR10_DIR, else data/cifar-10-batches-py)")
     p.add_argument("--out-dir", help="default: this folder, or runs/bonus-quick/ for --quick")
@@ -534,6 +689,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             if args.step == "recipe":
                 save(out, "bonus", run_recipe(ex), format_bonus)
+            elif args.step == "distil":
+                save(out, "distil", run_distil(ex), format_distil)
             else:
                 explore(ex, train=not args.no_training)
         print(f"done in {time.perf_counter() - t0:.0f} s: {out}")

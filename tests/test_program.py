@@ -214,6 +214,51 @@ def test_explore_without_training_reports_the_stored_runs(explore_run):
 
 
 @pytest.fixture(scope="module")
+def distil_run(bonus_run, tmp_path_factory):
+    """One --quick run of Exercise 5's distillation, in a copy of the recipe's folder (whose
+    runs are its labels-only runs): (folder, results_distil.json, the process)."""
+    out = tmp_path_factory.mktemp("distil")
+    shutil.copytree(bonus_run[0], out, dirs_exist_ok=True)
+    done = run_program("distil", *need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads((out / "results_distil.json").read_text()), done
+
+
+def test_distil_trains_a_teacher_and_tests_it_once(distil_run):
+    _, res, done = distil_run
+    t = res["teacher"]
+    assert done.stdout.count("teacher epoch") == t["epochs"] == len(t["history"]["val_acc"])
+    assert t["val_acc"] == max(t["history"]["val_acc"]) and 0 < t["test_acc"] < 1
+    assert res["scores"]["key"]["views"] == bonus.QUICK.views and res["scores"]["seconds"] > 0
+
+
+def test_distil_chooses_its_setting_on_validation(distil_run):
+    _, res, _ = distil_run
+    assert len(res["search"]) == len(bonus.QUICK.distil_grid)
+    assert all("test_acc" not in r for r in res["search"].values())
+    assert res["chosen"] == max(res["search"], key=lambda k: res["search"][k]["val_acc"])
+
+
+def test_distil_puts_the_recipes_runs_on_the_labels_beside_its_own(distil_run, bonus_run):
+    _, res, done = distil_run
+    assert list(res["runs"]) == list(res["labels_only"]) == list(bonus_run[1]["runs"])
+    assert [t["test_acc"] for t in res["labels_only"].values()] == [
+        t["test_acc"] for t in bonus_run[1]["runs"].values()]
+    assert done.stdout.count("kept from bonus.jsonl") == 4  # the recipe's runs, not retrained
+    assert res["gain"]["diff"] == pytest.approx(
+        np.mean([t["test_acc"] for t in res["runs"].values()]) - res["gain"]["labels_mean"])
+
+
+def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
+    out, res, _ = distil_run
+    done = run_program("distil", *need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    assert done.returncode == 0, done.stderr
+    assert "teacher: kept from bonus.jsonl" in done.stdout and "epoch" not in done.stdout
+    assert "scores of 3 views an image: kept" in done.stdout and "step" not in done.stdout
+    assert json.loads((out / "results_distil.json").read_text())["final"] == res["final"]
+
+
+@pytest.fixture(scope="module")
 def report_run(quick_run, bonus_run, explore_run, tmp_path_factory):
     """The quick runs' results in one folder, and the report built from them: (folder, the
     finished process)."""
