@@ -357,6 +357,7 @@ def run_distil(ex: Experiment) -> dict:
               for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     seconds = teacher["seconds"] + scored["seconds"] + sum(t["seconds"] for t in search.values())
     return {"n_train": tr.n, "n_val": va.n, "recipe": asdict(cfg) | asdict(x),
+            "gradcheck": mech.distillation_gradcheck(np.random.default_rng(ex.seed)),
             "epochs": e.epochs, "members": e.members, "teacher": clean(teacher) | asdict(tc),
             "scores": scored, "search": search, "search_epochs": e.ablation_epochs,
             "chosen": chosen, **res, "labels_only": {t["name"]: t for t in labels},

@@ -577,3 +577,40 @@ def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
     codes = np.concatenate([np.full((n, 1), plain), others], axis=1)  # (n, V)
     f, r = np.divmod(codes, side * side)
     return np.stack([f, r // side, r % side], axis=2).astype(np.uint8)  # (n, V, 3)
+
+
+def distillation_grads_torch(X, y, params: dict, Zt, T: float, alpha: float, lam: float) -> dict:
+    """The gradients of distillation_targets' loss L plus the penalty of eq. 7, as torch autograd
+    computes them from the network written in torch (float64)."""
+    import torch
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    S = p["W2"] @ torch.relu(p["W1"] @ torch.tensor(X) + p["b1"]) + p["b2"]  # (K, n), eqs. 1-3
+    labels = torch.nn.functional.cross_entropy(S.T, torch.tensor(y))
+    Q_T = torch.softmax(torch.tensor(Zt) / T, dim=0)  # (K, n)
+    soft = -torch.mean(torch.sum(Q_T * torch.log_softmax(S / T, dim=0), dim=0))
+    J = ((1 - alpha) * labels + alpha * T ** 2 * soft
+         + lam * (torch.sum(p["W1"] ** 2) + torch.sum(p["W2"] ** 2)))
+    J.backward()
+    return {k: v.grad.numpy() for k, v in p.items()}
+
+
+def distillation_gradcheck(rng, settings=((7, 6, 5, 1.0, 1.0, 0.0), (7, 6, 5, 3.0, 0.7, 0.01))):
+    """The gradient of the distillation loss (assignment2.backward with distillation_targets)
+    against torch autograd and centred finite differences, float64, on random networks, data
+    and teacher scores. A setting is (d, n, m, T, alpha, lam)."""
+    rows = []
+    for d, n, m, T, alpha, lam in settings:
+        X, y, Zt = rng.standard_normal((d, n)), rng.integers(0, a.K, n), 3 * rng.standard_normal(
+            (a.K, n))
+        params = a.init_params(d, m, rng, "float64")
+        params["b1"] += 0.1 * rng.standard_normal((m, 1))  # non-zero biases test their gradients
+        params["b2"] += 0.1 * rng.standard_normal((a.K, 1))
+        P, H = a.forward(X, params)
+        ours = a.backward(X, distillation_targets(P, Zt, y, T, alpha), P, H, params, lam)
+        torch_g = distillation_grads_torch(X, y, params, Zt, T, alpha, lam)
+        num_g = a.grads_numerical(X, y, params, lam, h=1e-5, loss=lambda P: distillation_loss(
+            P, Zt, y, T, alpha))
+        rows += [{"d": d, "n": n, "m": m, "T": T, "alpha": alpha, "lam": lam, "param": k,
+                  "vs_torch": a.rel_error(ours[k], torch_g[k]),
+                  "vs_numerical": a.rel_error(ours[k], num_g[k])} for k in params]
+    return rows

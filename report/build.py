@@ -1,8 +1,8 @@
 """Builds report/report.pdf (and bonus.pdf) from a results folder with Typst; formats results.txt.
 
 The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json,
-results_explore.json (when there) and the figures of the folder themselves (rows are found by
-name); this file only checks that those inputs are there and readable, compiles, and replaces a PDF
+results_explore.json and results_distil.json (when there) and the figures of the folder
+themselves (rows are found by name); this file only checks that those inputs are there and readable, compiles, and replaces a PDF
 only with a complete one.
 `python3 -m report [--out-dir DIR]` calls build_report().
 """
@@ -83,7 +83,10 @@ def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
             raise ReportError(f"{out_dir / 'results_explore.json'}: made by an older version; run "
                               f"`python3 bonus.py explore` again")
         check_figures(out_dir, ("ablation.png",))
-    inputs = {"explore": "yes" if explore else "no"}
+    distil = (out_dir / "results_distil.json").is_file()
+    if distil:
+        read_results(out_dir / "results_distil.json", "run `python3 bonus.py distil`")
+    inputs = {"explore": "yes" if explore else "no", "distil": "yes" if distil else "no"}
     pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir, inputs) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled
         write_atomic(out_dir / "report" / f"{name}.pdf", pdf)

@@ -259,11 +259,11 @@ def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
 
 
 @pytest.fixture(scope="module")
-def report_run(quick_run, bonus_run, explore_run, tmp_path_factory):
+def report_run(quick_run, bonus_run, explore_run, distil_run, tmp_path_factory):
     """The quick runs' results in one folder, and the report built from them: (folder, the
     finished process)."""
     folder = tmp_path_factory.mktemp("report")
-    for run in (quick_run[0], bonus_run[0], explore_run[0]):
+    for run in (quick_run[0], bonus_run[0], explore_run[0], distil_run[0]):
         shutil.copytree(run, folder, dirs_exist_ok=True)
     return folder, run_program("--out-dir", str(folder), script="report")
 
