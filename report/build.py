@@ -2,8 +2,8 @@
 
 The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json,
 results_explore.json and results_distil.json (when there) and the figures of the folder
-themselves (rows are found by name); this file only checks that those inputs are there and readable, compiles, and replaces a PDF
-only with a complete one.
+themselves (rows are found by name); this file only checks that those inputs are there and
+readable, compiles, and replaces a PDF only with a complete one.
 `python3 -m report [--out-dir DIR]` calls build_report().
 """
 from __future__ import annotations
