@@ -185,3 +185,15 @@ def test_the_code_fingerprint_ignores_comments_docstrings_and_code_it_does_not_r
 def test_the_code_fingerprint_follows_what_the_code_runs(tmp_path, main, helper):
     base = fingerprint_of(tmp_path, {"main": MAIN, "helper": HELPER})
     assert fingerprint_of(tmp_path, {"main": main, "helper": helper}) != base
+
+
+def test_a_tested_record_is_reused_without_its_weights_only_when_asked(tiny_cifar, tmp_path):
+    said = []
+    ex = b.Experiment(tiny_cifar[0], tmp_path, 0, b.QUICK, log=said.append)
+    tr, _, _ = ex.splits(20)
+    cfg, x = b.recipe(b.QUICK, tr.n)
+    first = ex.trial("recipe", "seed 0", cfg, x, 0)
+    ex.weights_file(b.trial_name(first)).unlink()
+    kept = ex.trial("recipe", "seed 0", cfg, x, 0, weights=False)  # its record suffices
+    assert kept["test_acc"] == first["test_acc"] and said[-1].startswith("seed 0: kept")
+    assert ex.trial("recipe", "seed 0", cfg, x, 0, train=False) is None  # its weights are gone
