@@ -2,6 +2,7 @@
 
     python3 bonus.py --data-dir DIR            # the recipe, 4 networks: about 55 minutes on 2 cores
     python3 bonus.py explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 6 hours
+    python3 bonus.py distil --data-dir DIR     # from a convolutional teacher: about 3 hours
     python3 bonus.py --quick                   # tiny sizes, a smoke test in seconds
 
 The mechanisms (mechanisms.py): augmentation (mirroring and translations), dropout, W1 trained in
@@ -14,6 +15,9 @@ averaging k networks' scores is one wider network, and validation picks how many
 network looks at an image (plain, with its mirror image, or with moved copies too). The next
 seeds repeat that choice. Every finished run goes to bonus.jsonl under the key of all that made
 it (harness.py), its weights to models/; a rerun reuses them, and a run cut short resumes.
+
+distil: the same network trained on the scores of a convolutional teacher (teacher.py, torch)
+for views of the training images, against the recipe's runs on the labels alone.
 """
 
 import os

@@ -36,9 +36,9 @@ import mechanisms as mech
 class TeacherConfig:
     """The teacher's network and training; QUICK_TEACHER shrinks them for smoke tests."""
     width: int = 32  # channels of the first conv group; the other two have 4 x width
-    epochs: int = 12  # passes over the training images
+    epochs: int = 16  # passes over the training images
     batch: int = 500  # images per step
-    lr: float = 0.4  # peak learning rate (of the mean loss), reached after warmup ...
+    lr: float = 1.0  # peak learning rate (of the mean loss), reached after warmup ...
     warmup: float = 0.2  # ... of the steps, from 0; then falling linearly to 0
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 5e-4  # torch's (coupled) weight decay on every trained parameter
