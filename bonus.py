@@ -335,7 +335,7 @@ def run_distil(ex: Experiment) -> dict:
     members * seeds students at the recipe's budget, tested and combined as the recipe's runs.
     Beside them: the recipe's own runs, on the labels alone (trained here if bonus.jsonl does
     not hold them)."""
-    import teacher as tch
+    tch = teacher_module()
     e, splits = ex.e, ex.splits(1000 if not ex.limit else 200)
     tr, va, _ = splits
     cfg, x = recipe(e, tr.n)
@@ -370,11 +370,21 @@ def run_distil(ex: Experiment) -> dict:
             "train_seconds": round(seconds + res["train_seconds"], 1)}
 
 
+def teacher_module():
+    """teacher.py, which needs torch: a clear error where torch is not installed."""
+    try:
+        import teacher
+    except ImportError as e:
+        raise a.DataError(f"bonus.py distil trains its teacher with torch ({e}); install it with "
+                          f"`pip install -r requirements.txt`") from None
+    return teacher
+
+
 def teacher_trial(ex: Experiment, tc) -> tuple:
     """The teacher network of the experiment's data and its record: kept from bonus.jsonl and
     models/ when its key is there, else trained (resuming a run cut short), the test set seen
     once by the epoch validation picked."""
-    import teacher as tch
+    tch = teacher_module()
     (tr, va, te), data = ex.data
     key = {"stage": "teacher", "seed": ex.seed, "n_train": tr.n, "n_val": va.n, **asdict(tc),
            "code": harness.code_fingerprint(tch.train_teacher, tch.load_net, tch.accuracy),
@@ -404,7 +414,7 @@ def teacher_scores(ex: Experiment, net, teacher: dict, x) -> tuple:
     """(views (n, V, 3), the teacher's scores of them (n, V, K), their key and seconds): e.views
     views of every training image, the plain one first (mechanisms.target_views), scored once
     and kept in models/ under the key of the teacher, the views and the code."""
-    import teacher as tch
+    tch = teacher_module()
     tr = ex.data[0][0]
     key = {"teacher": trial_name(teacher), "views": ex.e.views, "flip": x.flip,
            "shift": x.shift, "seed": ex.seed,

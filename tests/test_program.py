@@ -306,3 +306,13 @@ def test_the_readme_notebook_snippet_runs_as_written(tmp_path):
     result = eval(out.stdout.strip().splitlines()[-1])  # the printed evaluate() dict
     assert set(result) == {"loss", "cost", "acc"} and 0.3 < result["acc"] < 0.6
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_distil_without_torch_is_a_clear_error(tmp_path):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = run_program("distil", *need_data(), "--out-dir", str(tmp_path / "out"), env=env,
+                       script=ROOT / "bonus.py")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: bonus.py distil trains its teacher with torch")
