@@ -82,11 +82,13 @@ class Exercise5:
     ablation_epochs: int = 70  # the budget of the ablation's rows; three again at epochs
     views: int = 8  # distillation: the teacher scores this many views of every training image
     distil_grid: tuple = ((1.0, 1.0, False), (1.0, 1.0, True), (2.0, 0.9, True),
-                          (4.0, 0.9, True))  # (T, alpha, per view) tried at ablation_epochs
+                          (4.0, 0.9, True))  # (T, alpha, per view) tried at ablation_epochs ...
+    distil_refine: tuple = ((0.25, 70), (1.0, 140))  # ... then the best: (lam x, epochs)
 
 
 QUICK = Exercise5(m=40, pca=16, epochs=2, batch=100, points=2, cycles=1, ablation_epochs=1,
-                  views=3, distil_grid=((1.0, 1.0, False), (2.0, 0.5, True)))
+                  views=3, distil_grid=((1.0, 1.0, False), (2.0, 0.5, True)),
+                  distil_refine=((0.25, 1), (1.0, 2)))
 
 
 def recipe(e: Exercise5, n_train: int, epochs: int | None = None) -> tuple:
@@ -330,11 +332,10 @@ def combined(ex: Experiment, runs: list, splits: tuple, m: int, shift: int,
 def run_distil(ex: Experiment) -> dict:
     """The recipe's network trained on a convolutional teacher's scores: results_distil.json.
     The teacher (teacher.py) trains on the recipe's training images, validation picks its
-    epoch; it scores e.views views of every training image; one student of the recipe's network
-    at e.ablation_epochs per setting of e.distil_grid, validation picks the setting; then
-    members * seeds students at the recipe's budget, tested and combined as the recipe's runs.
-    Beside them: the recipe's own runs, on the labels alone (trained here if bonus.jsonl does
-    not hold them)."""
+    epoch; it scores e.views views of every training image; students of the recipe's network
+    are trained with each setting of distil_search on validation, and the best one's members *
+    seeds students are tested and combined as the recipe's runs. Beside them: the recipe's own
+    runs, on the labels alone (trained here if bonus.jsonl does not hold them)."""
     tch = teacher_module()
     e, splits = ex.e, ex.splits(1000 if not ex.limit else 200)
     tr, va, _ = splits
@@ -342,32 +343,51 @@ def run_distil(ex: Experiment) -> dict:
     tc = tch.QUICK_TEACHER if ex.limit else tch.TeacherConfig()
     net, teacher = teacher_trial(ex, tc)
     target_views, scores, scored = teacher_scores(ex, net, teacher, x)
-    short = recipe(e, tr.n, e.ablation_epochs)[0]
-    search = {}
-    for temperature, alpha, per_view in e.distil_grid:
-        d = mech.Distillation(target_views, scores, x, temperature, alpha, per_view,
-                              scored["key"])
-        label = (f"T={temperature:g}, alpha={alpha:g}, "
-                 + ("the view's scores" if per_view else "the image's mean scores"))
-        t = ex.trial("distil-search", label, short, x, ex.seed, teach=d)
-        search[label] = {"T": temperature, "alpha": alpha, "per_view": per_view} | clean(t)
+
+    def student(s: dict):
+        """(Config, Distillation) of a setting s (T, alpha, per_view, lam, epochs)."""
+        return (replace(recipe(e, tr.n, s["epochs"])[0], lam=s["lam"]), mech.Distillation(
+            target_views, scores, x, s["T"], s["alpha"], s["per_view"], scored["key"]))
+    search = distil_search(ex, student, x)
     chosen = max(search, key=lambda k: search[k]["val_acc"] or 0)
-    c = search[chosen]
-    d = mech.Distillation(target_views, scores, x, c["T"], c["alpha"], c["per_view"],
-                          scored["key"])
-    res = final_networks(ex, "distil", cfg, x, splits, teach=d)
+    final_cfg, d = student(search[chosen])
+    res = final_networks(ex, "distil", final_cfg, x, splits, teach=d)
     res.pop("first_runs")
     labels = [clean(ex.trial("recipe", f"seed {s}", cfg, x, s, weights=False))
               for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     seconds = teacher["seconds"] + scored["seconds"] + sum(t["seconds"] for t in search.values())
     return {"n_train": tr.n, "n_val": va.n, "recipe": asdict(cfg) | asdict(x),
+            "student": asdict(final_cfg), "epochs": epochs_of(final_cfg, tr.n),
             "gradcheck": mech.distillation_gradcheck(np.random.default_rng(ex.seed)),
-            "epochs": e.epochs, "members": e.members, "teacher": clean(teacher) | asdict(tc),
-            "scores": scored, "search": search, "search_epochs": e.ablation_epochs,
-            "chosen": chosen, **res, "labels_only": {t["name"]: t for t in labels},
+            "members": e.members, "teacher": clean(teacher) | asdict(tc), "scores": scored,
+            "search": search, "chosen": chosen, **res,
+            "labels_only": {t["name"]: t for t in labels}, "labels_epochs": e.epochs,
             "gain": gain([t["test_acc"] for t in res["runs"].values()],
                          [t["test_acc"] for t in labels]),
             "train_seconds": round(seconds + res["train_seconds"], 1)}
+
+
+def distil_search(ex: Experiment, student, x) -> dict:
+    """One student per distillation setting on validation (seed ex.seed): each (T, alpha,
+    per_view) of e.distil_grid at the recipe's lam and e.ablation_epochs, then the best of them
+    with each (lam factor, epochs) of e.distil_refine. student(setting) -> (Config, teach)."""
+    e, search = ex.e, {}
+
+    def run(setting: dict) -> None:
+        kind = "a view's scores" if setting["per_view"] else "an image's mean scores"
+        label = (f"T={setting['T']:g}, alpha={setting['alpha']:g}, {kind}, "
+                 f"lam={setting['lam']:g}, {setting['epochs']} epochs")
+        cfg, teach = student(setting)
+        t = ex.trial("distil-search", label, cfg, x, ex.seed, teach=teach)
+        search[label] = setting | clean(t)
+    for temperature, alpha, per_view in e.distil_grid:
+        run({"T": temperature, "alpha": alpha, "per_view": per_view, "lam": e.lam,
+             "epochs": e.ablation_epochs})
+    best = search[max(search, key=lambda k: search[k]["val_acc"] or 0)]
+    for factor, epochs in e.distil_refine:
+        run({k: best[k] for k in ("T", "alpha", "per_view")} | {"lam": best["lam"] * factor,
+                                                                 "epochs": epochs})
+    return search
 
 
 def teacher_module():
@@ -651,10 +671,12 @@ def format_distil(res: dict) -> str:
            f"(epoch {t['epoch']}), test acc {pct(t['test_acc'])}, {t['seconds'] / 60:.1f} "
            f"minutes; its scores of {res['scores']['key']['views']} views of every training "
            f"image: {res['scores']['seconds'] / 60:.1f} minutes", "",
-           f"settings on validation ({res['search_epochs']} epochs; chosen: {res['chosen']}):"]
-    out += [f"  {name}: val acc {pct(r['val_acc'])}" for name, r in res["search"].items()]
-    out += ["", f"{'run':<12} {'distilled val':>13} {'test':>7} {'labels only val':>15} "
-            f"{'test':>7}"]
+           f"settings on validation, one run each (chosen: {res['chosen']}):"]
+    out += [f"  {name}: val acc {pct(r['val_acc'])}, {r['seconds'] / 60:.1f} minutes"
+            for name, r in res["search"].items()]
+    out += ["", f"the chosen setting, {res['epochs']:g} epochs, and the recipe's runs on the "
+            f"labels ({res['labels_epochs']} epochs):",
+            f"{'run':<12} {'distilled val':>13} {'test':>7} {'labels only val':>15} {'test':>7}"]
     for (name, r), lo in zip(res["runs"].items(), res["labels_only"].values()):
         out.append(f"{name:<12} {pct(r['val_acc']):>13} {pct(r['test_acc']):>7} "
                    f"{pct(lo['val_acc']):>15} {pct(lo['test_acc']):>7}")

@@ -234,7 +234,7 @@ def test_distil_trains_a_teacher_and_tests_it_once(distil_run):
 
 def test_distil_chooses_its_setting_on_validation(distil_run):
     _, res, _ = distil_run
-    assert len(res["search"]) == len(bonus.QUICK.distil_grid)
+    assert len(res["search"]) == len(bonus.QUICK.distil_grid) + len(bonus.QUICK.distil_refine)
     assert all("test_acc" not in r for r in res["search"].values())
     assert res["chosen"] == max(res["search"], key=lambda k: res["search"][k]["val_acc"])
 
@@ -253,7 +253,7 @@ def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
     out, res, _ = distil_run
     done = run_program("distil", *need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
     assert done.returncode == 0, done.stderr
-    assert "teacher: kept from bonus.jsonl" in done.stdout and "epoch" not in done.stdout
+    assert "teacher: kept from bonus.jsonl" in done.stdout and "teacher epoch" not in done.stdout
     assert "scores of 3 views an image: kept" in done.stdout and "step" not in done.stdout
     assert json.loads((out / "results_distil.json").read_text())["final"] == res["final"]
 
