@@ -10,7 +10,7 @@ matrix-product peak.
 
 All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100 and the
 cyclic schedule unless said otherwise. The project's epoch is timed through assignment2.run() (or
-mech.train_network), the code path the program uses: a run of three epochs minus a run of one
+mechanisms.train_network), the code path the program uses: a run of three epochs minus a run of one
 epoch, halved, so the evaluation passes at the start and the end (the same in both) cancel out.
 torch keeps its default OpenMP settings (its fastest here); after its loop the benchmark pauses for
 a second, so its idle OpenMP threads stop spinning on the cores before numpy's next timing starts.
@@ -40,8 +40,8 @@ def synthetic(n, rng, d=a.D):
 
 
 class SetupClock:
-    """Times the one-time layouts of the training set for augmentation (mech.augment_source,
-    and mech.projected_crops, which uses it), once per run: reported on their own, since they
+    """Times the one-time layouts of the training set for augmentation (mechanisms.augment_source,
+    and mechanisms.projected_crops, which uses it), once per run: reported on their own, since they
     are not in an epoch's time."""
 
     NAMES = ("projected_crops", "augment_source")
@@ -76,7 +76,7 @@ def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
     1), each run timed by the trainer's own clock (its update steps, and the evaluation at step 0,
     which cancels), so the one-time augmentation layout is not in it; the layout's seconds per
     run are appended to setups.
-    extra: mech.Extras fields such as flip, shift or optimizer (Exercise 5; plain SGD and no
+    extra: mechanisms.Extras fields such as flip, shift or optimizer (Exercise 5; plain SGD and no
     augmentation unless given)."""
     per_epoch = tr.n // B
     spec = {k: extra.pop(k) for k in ("lam", "eta_max") if k in extra}  # Config's, not Extras'

@@ -1,5 +1,5 @@
-"""Exercise 5 (bonus.py, harness.py): augmentation, dropout, Nesterov momentum, Adam, the principal
-subspace, test-time views, networks of networks, resuming a run."""
+"""Exercise 5 (mechanisms.py, bonus.py): augmentation, dropout, Nesterov momentum, Adam, the
+principal subspace, test-time views, networks of networks, resuming a run."""
 
 import functools
 import math
@@ -439,7 +439,7 @@ def test_invalid_bonus_settings_refused(change, message):
 
 
 # --------------------------------------------------------------------------------------------------
-# b.py: the recipe's experiment
+# bonus.py: the experiments (and the views and networks of networks they measure)
 
 def test_concatenated_networks_average_the_scores_of_their_parts():
     rng = np.random.default_rng(0)
