@@ -42,6 +42,7 @@ class TeacherConfig:
     warmup: float = 0.2  # ... of the steps, from 0; then falling linearly to 0
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 5e-4  # torch's (coupled) weight decay on every trained parameter
+    bias_scale: float = 64.0  # the batch norms' shifts learn this many times faster (airbench)
     label_smoothing: float = 0.2  # targets (1 - s) one-hot + s / K
     flip: bool = True  # augmentation as the student's: mirroring with probability 1/2 ...
     shift: int = 3  # ... and moves of up to shift pixels, edges repeated
@@ -58,7 +59,7 @@ def check_teacher(tc: TeacherConfig) -> None:
         ("lr", tc.lr > 0), ("warmup", 0 <= tc.warmup < 1), ("momentum", 0 <= tc.momentum < 1),
         ("weight_decay", tc.weight_decay >= 0), ("label_smoothing", 0 <= tc.label_smoothing < 1),
         ("shift", 0 <= tc.shift <= 8), ("whiten_eps", tc.whiten_eps > 0),
-        ("scale", tc.scale > 0)) if not ok]
+        ("scale", tc.scale > 0), ("bias_scale", tc.bias_scale > 0)) if not ok]
     if bad:
         raise a.ConfigError("invalid teacher settings: " + ", ".join(bad))
 
@@ -149,11 +150,7 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
         net = make_net(tc)
     XT = np.ascontiguousarray(tr.X.T, np.float32)  # (n, D)
     init_whitening(net[0], as_images(XT[:5000]), tc.whiten_eps)
-    trained = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(trained, lr=0.0, momentum=tc.momentum, nesterov=True,
-                          weight_decay=tc.weight_decay)
-    for p in trained:  # a zero buffer updates as torch's first step does: 0 * mu + g = g
-        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    opt = optimizer(net, tc)
     rng = np.random.default_rng([seed, 18])
     arrays = state_arrays(net, opt)
     best = {k: v.copy() for k, v in arrays.items() if k.startswith("net/")}
@@ -190,7 +187,7 @@ def train_epoch(net, opt, windows, y, perm, epoch: int, tc: TeacherConfig, rng) 
         f, oy, ox = mech.random_views(tc, idx.size, rng)
         X = as_images(mech.augmented_batch(windows, idx, f, oy, ox))  # (B, 3, 32, 32)
         for group in opt.param_groups:
-            group["lr"] = learning_rate(epoch * per_epoch + i, total, tc)
+            group["lr"] = learning_rate(epoch * per_epoch + i, total, tc) * group["scale"]
         loss = F.cross_entropy(net(X), torch.from_numpy(y[idx]).long(),
                                label_smoothing=tc.label_smoothing)
         opt.zero_grad(set_to_none=False)
@@ -203,11 +200,28 @@ def train_epoch(net, opt, windows, y, perm, epoch: int, tc: TeacherConfig, rng) 
     return mean
 
 
+def optimizer(net: nn.Module, tc: TeacherConfig):
+    """SGD with Nesterov momentum over the trained parameters in two groups: the batch norms'
+    shifts at tc.bias_scale times the learning rate, the rest at it (group["scale"]); the weight
+    decay per step, lr * weight_decay, is the same in both (airbench's)."""
+    shifts = [p for n, p in net.named_parameters() if p.requires_grad and p.ndim == 1
+              and isinstance(net.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)]
+    rest = [p for p in net.parameters() if p.requires_grad and all(p is not q for q in shifts)]
+    opt = torch.optim.SGD(
+        [{"params": shifts, "scale": tc.bias_scale, "weight_decay": tc.weight_decay
+          / tc.bias_scale}, {"params": rest, "scale": 1.0, "weight_decay": tc.weight_decay}],
+        lr=0.0, momentum=tc.momentum, nesterov=True)
+    for p in shifts + rest:  # a zero buffer updates as torch's first step does: 0 * mu + g = g
+        opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return opt
+
+
 def state_arrays(net: nn.Module, opt) -> dict:
     """The network's parameters and buffers and the optimiser's momentum, as numpy views of the
     tensors (writing into them writes into the network)."""
     out = {f"net/{k}": v.detach().numpy() for k, v in net.state_dict().items()}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
         out[f"momentum/{i}"] = opt.state[p]["momentum_buffer"].numpy()
     return out
 

@@ -189,3 +189,13 @@ def test_the_teachers_scores_of_views_are_those_of_the_moved_images():
         for v, (f, oy, ox) in enumerate(views[i]):
             image = windows[f, i, :, oy, ox].reshape(1, a.D)
             np.testing.assert_allclose(got[i, v], T.scores(net, image)[0], rtol=2e-3, atol=2e-3)
+
+
+def test_the_batch_norms_shifts_learn_faster_with_the_same_decay():
+    tc = replace(TINY, bias_scale=8.0, weight_decay=1e-3)
+    net = T.make_net(tc)
+    shifts, rest = T.optimizer(net, tc).param_groups
+    bn = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in bn}
+    assert (shifts["scale"], rest["scale"]) == (8.0, 1.0)
+    assert shifts["scale"] * shifts["weight_decay"] == pytest.approx(rest["weight_decay"])
