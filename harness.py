@@ -42,17 +42,19 @@ def code_fingerprint(*roots) -> str:
     source and that of every module-level name they use, followed into the modules of the same
     folder that they import (as `a.name` or by `from m import name`), as code: comments,
     docstrings and layout do not count, and editing any other part of the files changes
-    nothing."""
+    nothing. Modules are named by their files, so a module run as a script (__main__) has the
+    fingerprint it has when imported."""
     folder = Path(inspect.getsourcefile(roots[0])).parent
     todo = [(sys.modules[r.__module__], r.__name__) for r in roots]
     seen, parts = set(), []
     while todo:
         module, name = todo.pop()
-        if (module.__name__, name) in seen:
+        file = Path(module.__file__).stem  # not __name__: run as a script, bonus is __main__
+        if (file, name) in seen:
             continue
-        seen.add((module.__name__, name))
+        seen.add((file, name))
         node = without_docstrings(definitions(module)[name])
-        parts.append(f"{module.__name__}.{name}: {ast.unparse(node)}")
+        parts.append(f"{file}.{name}: {ast.unparse(node)}")
         for sub in ast.walk(node):
             if isinstance(sub, ast.Name):
                 todo += uses(module, getattr(module, sub.id, None), sub.id, folder)

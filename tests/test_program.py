@@ -15,6 +15,7 @@ from conftest import ROOT, SHARED_DATA, write_batch
 
 import assignment2 as a
 import bonus
+import harness
 
 
 def run_program(*args, script="assignment2.py", cwd=None, env=None):
@@ -158,6 +159,12 @@ def test_bonus_trains_and_tests_every_run(bonus_run):
     assert res["recipe"]["pca"] == bonus.QUICK.pca and res["recipe"]["optimizer"] == "adam"
     assert len((out / "bonus.jsonl").read_text().splitlines()) == 4
     assert len(list((out / "models").glob("*.npz"))) == 4
+
+
+def test_the_program_keys_its_runs_with_the_fingerprint_an_import_computes(bonus_run):
+    out, _ = bonus_run
+    keys = [json.loads(line)["key"] for line in (out / "bonus.jsonl").read_text().splitlines()]
+    assert {k["code"] for k in keys} == {harness.code_fingerprint(bonus.Experiment)}
 
 
 def test_bonus_measures_networks_made_of_its_runs(bonus_run):
