@@ -482,6 +482,7 @@ def explore(ex: Experiment, train: bool = True) -> dict:
     res = {"n_train": tr.n, "n_val": va.n, "epochs": ex.e.epochs,
            "ablation_epochs": ex.e.ablation_epochs, "recipe": asdict(cfg) | asdict(x),
            "rows_planned": list(rows), "rows": {}}
+    res |= summary(res["rows"])  # what a results file of no runs yet says
     seeds, recipe_runs = range(ex.seed, ex.seed + ex.e.ablation_seeds + 1), []
     for j, seed in enumerate(seeds):
         for label, (cfg, x, against) in rows.items():
