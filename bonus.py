@@ -284,7 +284,7 @@ def run_recipe(ex: Experiment) -> dict:
     kept = pca_variance_kept(np.ascontiguousarray(tr.X.T), ex.basis(x.pca)) if x.pca else 1.0
     ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
     res = final_networks(ex, "recipe", cfg, x, splits)
-    plot_minutes(res.pop("first_runs"), list(res["combined"].values()),
+    plot_minutes(list(res["runs"].values())[:e.members], list(res["combined"].values()),
                  ex.out_dir / "figures" / "bonus_minutes.png")
     raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
     plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
@@ -308,7 +308,7 @@ def final_networks(ex: Experiment, stage: str, cfg, x, splits: tuple, teach=None
              for g in groups[1:]]
     return {"views": list(views(x.shift)), "runs": {t["name"]: clean(t) for t in runs},
             "combined": {t["name"]: t for t in first}, "fast": first[0], "final": final,
-            "final_seeds": [final] + again, "first_runs": groups[0],
+            "final_seeds": [final] + again,
             "train_seconds": round(sum(t["seconds"] for t in runs), 1)}
 
 
@@ -352,7 +352,6 @@ def run_distil(ex: Experiment) -> dict:
     chosen = max(search, key=lambda k: search[k]["val_acc"] or 0)
     final_cfg, d = student(search[chosen])
     res = final_networks(ex, "distil", final_cfg, x, splits, teach=d)
-    res.pop("first_runs")
     labels = [clean(ex.trial("recipe", f"seed {s}", cfg, x, s, weights=False))
               for s in range(ex.seed, ex.seed + e.members * e.seeds)]
     seconds = teacher["seconds"] + scored["seconds"] + sum(t["seconds"] for t in search.values())
@@ -414,7 +413,7 @@ def teacher_trial(ex: Experiment, tc) -> tuple:
     if hit is not None and path.is_file():
         ex.log(f"teacher: kept from bonus.jsonl, val acc {hit['val_acc']}")
         with np.load(path) as f:
-            return tch.load_net({k: f[k] for k in f.files}, tc), hit | {"key": key}
+            return tch.load_net({k: f[k] for k in f.files}, tc), hit
     progress = (ex.out_dir / f"bonus.{name}.progress.npz", key)
     state, hist = tch.train_teacher(tr, va, tc, ex.seed, progress, ex.log)
     net, best = tch.load_net(state, tc), int(np.argmax(hist["val_acc"]))

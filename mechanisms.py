@@ -503,8 +503,6 @@ def measure(params: dict, splits: tuple, shift: int, evaluation: str | None = No
             "test_acc_chosen": test[evaluation]}
 
 
-
-
 # --------------------------------------------------------------------------------------------------
 # Distillation: a teacher's scores as the targets (hooks' teach)
 

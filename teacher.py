@@ -153,7 +153,7 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
     opt = optimizer(net, tc)
     rng = np.random.default_rng([seed, 18])
     arrays = state_arrays(net, opt)
-    best = {k: v.copy() for k, v in arrays.items() if k.startswith("net/")}
+    best = snapshot(arrays)
     start, save = resume(progress, arrays, best, rng, tr.n, log) if progress else (None, None)
     hist = start["hist"] if start else {}
     windows = mech.augment_source(XT, tc.flip, tc.shift)
@@ -164,7 +164,7 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
         seconds = (hist["seconds"][-1] if hist else 0.0) + time.perf_counter() - t0
         val = accuracy(net, va)
         if not hist or val > max(hist["val_acc"]):
-            best = {f"net/{k}": v.detach().numpy().copy() for k, v in net.state_dict().items()}
+            best = snapshot(arrays)
         for q, v in (("epoch", epoch + 1), ("seconds", round(seconds, 2)),
                      ("train_loss", loss), ("val_acc", val)):
             hist.setdefault(q, []).append(v)
@@ -214,6 +214,11 @@ def optimizer(net: nn.Module, tc: TeacherConfig):
     for p in shifts + rest:  # a zero buffer updates as torch's first step does: 0 * mu + g = g
         opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     return opt
+
+
+def snapshot(arrays: dict) -> dict:
+    """A copy of the network's part of state_arrays, as it is now."""
+    return {k: v.copy() for k, v in arrays.items() if k.startswith("net/")}
 
 
 def state_arrays(net: nn.Module, opt) -> dict:
