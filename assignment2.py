@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import gc
 import hashlib
+import importlib.util
 import json
 import math
 import pickle
@@ -563,8 +564,19 @@ def fine_range(coarse: list, plan: Plan) -> tuple:
 # --------------------------------------------------------------------------------------------------
 # Plots
 
+def require(*packages: str) -> None:
+    """Stop before any work if a package the run needs is missing (find_spec imports nothing)."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DataError(f"{' and '.join(missing)} not installed: pip install -r requirements.txt")
+
+
 def pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise DataError(f"the figures need matplotlib: pip install -r requirements.txt "
+                        f"({e})") from None
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
     return plt
@@ -1136,6 +1148,7 @@ def main(argv=None) -> int:
     try:
         on_signals()
         args = parse_args(argv)
+        require("matplotlib", *(["torch"] if args.step in ("all", "gradcheck") else []))
         data_dir, out_dir, run = folders(args)
         plan = quick_plan() if args.quick else Plan()
         ctx = Context(data_dir, out_dir, plan, args.seed, run["dtype"])

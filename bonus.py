@@ -714,6 +714,7 @@ def main(argv=None) -> int:
     args, out = p.parse_args(argv), None
     try:
         a.on_signals()
+        a.require("matplotlib", *(["torch"] if args.step == "distil" else []))
         a.folder_name("--out-dir", args.out_dir)
         data_dir = a.data_folder(args.data_dir)
         out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))

@@ -202,6 +202,17 @@ def test_an_empty_data_dir_is_refused(tmp_path, arg):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("package", ["matplotlib", "torch"])
+def test_a_missing_package_is_one_line_before_anything_is_written(quick_cifar, tmp_path, package):
+    out = tmp_path / "out"
+    hide = (f"import runpy, sys; sys.modules[{package!r}] = None; sys.argv[0] = 'assignment2.py'; "
+            f"runpy.run_path({str(ROOT / 'assignment2.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", hide, "--quick", "--data-dir", str(quick_cifar),
+                           "--out-dir", str(out)], capture_output=True, text=True, timeout=60)
+    one_error_line(done, package, "pip install -r requirements.txt")
+    assert not out.exists()
+
+
 # ---- signals -------------------------------------------------------------------------------------
 
 def start(folder, out):
