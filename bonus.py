@@ -117,6 +117,7 @@ def ablation(e: Exercise5, n_train: int) -> dict:
             "no augmentation": (cfg, replace(x, flip=False, shift=0)),
             lam4: (replace(cfg, lam=e.lam / 4), x),
             f"lam x 4 ({e.lam * 4:g})": (replace(cfg, lam=e.lam * 4), x),
+            f"lam / 16 ({e.lam / 16:g})": (replace(cfg, lam=e.lam / 16), x),
             "dropout 0.3": (cfg, replace(x, p_drop=0.3)),
             "Nesterov momentum, not Adam": (replace(cfg, eta_max=e.nesterov_eta),
                                             replace(x, optimizer="nesterov")),
