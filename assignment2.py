@@ -564,19 +564,8 @@ def fine_range(coarse: list, plan: Plan) -> tuple:
 # --------------------------------------------------------------------------------------------------
 # Plots
 
-def require(*packages: str) -> None:
-    """Stop before any work if a package the run needs is missing (find_spec imports nothing)."""
-    missing = [name for name in packages if importlib.util.find_spec(name) is None]
-    if missing:
-        raise DataError(f"{' and '.join(missing)} not installed: pip install -r requirements.txt")
-
-
 def pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise DataError(f"the figures need matplotlib: pip install -r requirements.txt "
-                        f"({e})") from None
+    import matplotlib
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
     return plt
@@ -1100,6 +1089,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--replace", action="store_true",
                    help="move another run's outputs in --out-dir aside and start afresh")
     return p.parse_args(argv)
+
+
+def require(*packages: str) -> None:
+    """Stop before any work if a package the run needs is missing (find_spec imports nothing)."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DataError(f"{' and '.join(missing)} not installed: pip install -r requirements.txt")
 
 
 def folders(args) -> tuple[Path, Path, dict]:
