@@ -460,8 +460,14 @@ def test_concatenated_networks_average_the_scores_of_their_parts():
     np.testing.assert_allclose(a.forward(X, one)[0], a.softmax(sum(map(scores, nets)) / 3))
 
 
-def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
+def test_the_ablation_measures_the_recipe_it_was_planned_on_whatever_lam_is_chosen_now():
     e = b.Exercise5()
+    assert b.ablation(replace(e, lam=1.0), 45000) == b.ablation(e, 45000)
+    assert b.ablation(e, 45000)["recipe"][0].lam == e.ablation_lam
+
+
+def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
+    e = replace(b.Exercise5(), lam=b.Exercise5().ablation_lam)
     rows = b.ablation(e, 45000)
     assert rows["recipe"] == (*b.recipe(e, 45000), "recipe")
     base = f"recipe, {e.ablation_epochs} epochs"
@@ -480,7 +486,7 @@ def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
         assert len(changed) <= 1 or (name.startswith("no augmentation")
                                      and changed == {"flip", "shift"}), (name, changed)
         assert changed or name in budgets or name == against, name
-    assert sum(against == "recipe" for *_, against in rows.values()) == 3  # at both budgets
+    assert sum(against == "recipe" for *_, against in rows.values()) == 4  # at both budgets
 
 
 def test_the_summary_pools_the_spread_of_one_run():
