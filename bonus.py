@@ -82,8 +82,8 @@ class Exercise5:
     ablation_seeds: int = 2  # runs of every ablation row (the recipe's: one more)
     ablation_epochs: int = 70  # the budget of the ablation's rows; three again at epochs
     views: int = 8  # distillation: the teacher scores this many views of every training image
-    distil_grid: tuple = ((1.0, 1.0, False), (1.0, 1.0, True), (2.0, 0.9, True),
-                          (4.0, 0.9, True))  # (T, alpha, per view) tried at ablation_epochs ...
+    distil_grid: tuple = ((1.0, 1.0, False), (1.0, 0.5, False), (1.0, 0.25, False),
+                          (1.0, 0.5, True))  # (T, alpha, per view) tried at ablation_epochs ...
     distil_refine: tuple = ((0.25, 70), (1.0, 140))  # ... then the best: (lam x, epochs)
 
 
@@ -362,7 +362,8 @@ def run_distil(ex: Experiment) -> dict:
     return {"n_train": tr.n, "n_val": va.n, "recipe": asdict(cfg) | asdict(x),
             "student": asdict(final_cfg), "epochs": epochs_of(final_cfg, tr.n),
             "gradcheck": mech.distillation_gradcheck(np.random.default_rng(ex.seed)),
-            "members": e.members, "teacher": clean(teacher) | asdict(tc), "scores": scored,
+            "members": e.members, "teacher": clean(teacher) | asdict(tc),
+            "scores": scored | {"views_there_are": mech.view_count(x)},
             "search": search, "chosen": chosen, **res,
             "labels_only": {t["name"]: t for t in labels}, "labels_epochs": e.epochs,
             "gain": gain([t["test_acc"] for t in res["runs"].values()],

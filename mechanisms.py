@@ -562,11 +562,15 @@ class Distillation:
         return distillation_targets(P, Zt.astype(P.dtype), y, self.T, self.alpha)
 
 
+def view_count(x: Extras) -> int:
+    """The views of an image that x's mirroring and moves offer, the plain one included."""
+    return (1 + x.flip) * (2 * x.shift + 1) ** 2
+
+
 def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
     """V different views (f, oy, ox) of each of n images, the plain one first, the others drawn
     without replacement from all that x's mirroring and moves offer: (n, V, 3) uint8."""
-    side = 2 * x.shift + 1
-    count = (1 + x.flip) * side * side  # the views there are
+    side, count = 2 * x.shift + 1, view_count(x)
     if not 1 <= V <= count:
         raise a.ConfigError(f"{V} views of each image asked; there are {count}")
     plain = x.shift * side + x.shift  # f = 0, oy = ox = shift

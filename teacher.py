@@ -35,7 +35,7 @@ import mechanisms as mech
 @dataclass(frozen=True)
 class TeacherConfig:
     """The teacher's network and training; QUICK_TEACHER shrinks them for smoke tests."""
-    width: int = 32  # channels of the first conv group; the other two have 4 x width
+    width: int = 48  # channels of the first conv group; the other two have 4 x width
     epochs: int = 16  # passes over the training images
     batch: int = 500  # images per step
     lr: float = 1.0  # peak learning rate (of the mean loss), reached after warmup ...
