@@ -246,6 +246,12 @@ def test_distil_chooses_its_setting_on_validation(distil_run):
     assert res["chosen"] == max(res["search"], key=lambda k: res["search"][k]["val_acc"])
 
 
+def test_distil_searches_on_a_larger_validation_split_than_its_final_runs(distil_run):
+    _, res, _ = distil_run
+    assert res["search_n_val"] > res["n_val"]
+    assert res["search_n_train"] <= res["n_train"]  # the first of the final runs' images
+
+
 def test_distil_puts_the_recipes_runs_on_the_labels_beside_its_own(distil_run, bonus_run):
     _, res, done = distil_run
     assert list(res["runs"]) == list(res["labels_only"]) == list(bonus_run[1]["runs"])
