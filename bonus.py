@@ -2,7 +2,7 @@
 
     python3 bonus.py --data-dir DIR            # the recipe, 4 networks: about 55 minutes on 2 cores
     python3 bonus.py explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 6 hours
-    python3 bonus.py distil --data-dir DIR     # from a convolutional teacher: about 1.5 hours
+    python3 bonus.py distil --data-dir DIR     # from a convolutional teacher: about 2 hours
     python3 bonus.py --quick                   # tiny sizes, a smoke test in seconds
 
 The mechanisms (mechanisms.py): augmentation (mirroring and translations), dropout, W1 trained in
