@@ -383,7 +383,7 @@ def distil_search(ex: Experiment, student, x) -> tuple:
     (training, validation images)). The teacher trained on all 49,000, so it has seen the
     5,000 validation images; the student never sees them, nor the teacher's scores of them."""
     e, search = ex.e, {}
-    tr, va, _ = ex.splits(5000 if not ex.limit else 500)
+    tr, va, _ = search_splits(ex)
 
     def run(setting: dict) -> None:
         kind = "a view's scores" if setting["per_view"] else "an image's mean scores"
@@ -400,6 +400,12 @@ def distil_search(ex: Experiment, student, x) -> tuple:
         run({k: best[k] for k in ("T", "alpha", "per_view")} | {"lam": best["lam"] * factor,
                                                                  "epochs": epochs})
     return search, (tr.n, va.n)
+
+
+def search_splits(ex: Experiment) -> tuple:
+    """The splits that choose settings without the final runs' validation images: 45,000 /
+    5,000 (quick mode: 2,000 / 500), their training images the first of the final runs'."""
+    return ex.splits(5000 if not ex.limit else 500)
 
 
 def teacher_module():
@@ -487,7 +493,7 @@ def explore(ex: Experiment, train: bool = True) -> dict:
     written again after every run, so the runs done can be read while the rest train. On the
     recipe's runs: the test-time views, and the networks made of them. train=False: the results
     of the runs bonus.jsonl holds, training none."""
-    splits = ex.splits(5000 if not ex.limit else 500)
+    splits = search_splits(ex)
     tr, va, _ = splits
     rows = ablation(ex.e, tr.n)
     cfg, x, _ = rows["recipe"]
