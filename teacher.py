@@ -4,7 +4,7 @@ from (distillation: `python3 bonus.py distil`). The only place where torch train
 The network follows airbench (K. Jordan, cifar10-airbench, 2024) at a width that a CPU trains
 in under an hour: a 2x2 convolution fixed to whiten the image patches, three groups of
 conv-pool-BN-GELU-conv-BN-GELU with (w, 4w, 4w) channels, a max-pool and a linear layer;
-SGD with Nesterov momentum, label smoothing, a triangular learning rate. It trains on the
+SGD with Nesterov momentum, a triangular learning rate, no label smoothing. It trains on the
 student's training images with the student's augmentation (mechanisms.augment_source: mirroring
 and moves with repeated edges), in float32 on the CPU.
 
@@ -43,7 +43,8 @@ class TeacherConfig:
     momentum: float = 0.9  # Nesterov momentum
     weight_decay: float = 5e-4  # torch's (coupled) weight decay on every trained parameter
     bias_scale: float = 64.0  # the batch norms' shifts learn this many times faster (airbench)
-    label_smoothing: float = 0.2  # targets (1 - s) one-hot + s / K
+    label_smoothing: float = 0.0  # targets (1 - s) one-hot + s / K: 0, as smoothing flattens
+    # the wrong classes' scores, the part of them that a student learns from (Mueller et al. 2019)
     flip: bool = True  # augmentation as the student's: mirroring with probability 1/2 ...
     shift: int = 3  # ... and moves of up to shift pixels, edges repeated
     whiten_eps: float = 5e-4  # added to the patch covariance's eigenvalues before the whitening
