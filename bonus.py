@@ -82,9 +82,9 @@ class Exercise5:
     ablation_seeds: int = 2  # runs of every ablation row (the recipe's: one more)
     ablation_epochs: int = 70  # the budget of the ablation's rows; three again at epochs
     views: int = 8  # distillation: the teacher scores this many views of every training image
-    distil_grid: tuple = ((1.0, 1.0, False), (1.0, 0.5, False), (1.0, 0.25, False),
+    distil_grid: tuple = ((1.0, 1.0, False), (1.0, 0.5, False),
                           (3.0, 0.5, False))  # (T, alpha, per view) tried at epochs ...
-    distil_refine: tuple = ((0.25, 140), (1.0, 70))  # ... then the best: (lam x, epochs)
+    distil_refine: tuple = ((0.25, 140),)  # ... then the best: (lam x, epochs)
 
 
 QUICK = Exercise5(m=40, pca=16, epochs=2, batch=100, points=2, cycles=1, ablation_epochs=1,
