@@ -315,6 +315,13 @@ def test_the_report_refuses_an_empty_folder_name():
     assert done.returncode == 1 and done.stderr.strip() == "error: --out-dir '': not a folder name"
 
 
+def test_the_report_without_typst_names_what_to_install(monkeypatch, tmp_path):
+    from report import build
+    monkeypatch.setitem(sys.modules, "typst", None)  # import typst now raises ImportError
+    with pytest.raises(build.ReportError, match="pip install -r requirements.txt"):
+        build.compile_pdf(ROOT / "report" / "report.typ", tmp_path)
+
+
 def test_a_damaged_timings_file_is_written_anew_with_a_warning(quick_cifar, tmp_path):
     out = tmp_path / "out"
     args = ("overfit", "--quick", "--data-dir", str(quick_cifar), "--out-dir", str(out))
