@@ -146,7 +146,7 @@ def test_fine_range_is_one_grid_step_around_the_best():
 
 def test_the_last_set_of_splits_is_freed_before_the_next_is_loaded(tiny_cifar, tmp_path):
     folder, _ = tiny_cifar
-    plan = replace(a.quick_plan(), limit=None, n_val_search=20, n_val_final=10, coarse_n=1)
+    plan = replace(a.quick_plan(), limit=None, n_val_search=20, n_val_final=10, coarse_n=2)
     ctx = a.Context(folder, tmp_path / "out", plan, log=lambda s: None)
     ctx.need("coarse")  # trains on the search splits and plots the search
     alive = weakref.ref(ctx.data("search")[0])
