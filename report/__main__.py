@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from assignment2 import StateError, folder_name, os_error
+from assignment2 import DataError, StateError, folder_name, os_error, require
 from report.build import ReportError, build_report
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
@@ -19,9 +19,10 @@ p.add_argument("--out-dir", default=str(Path(__file__).resolve().parents[1]),
                help="the results folder (default: the project folder)")
 args = p.parse_args()
 try:
+    require("typst")
     folder_name("--out-dir", args.out_dir)
     print("wrote " + ", ".join(map(str, build_report(Path(args.out_dir)))))
-except (ReportError, StateError) as e:
+except (ReportError, StateError, DataError) as e:
     sys.exit(f"error: {e}")
 except OSError as e:
     sys.exit(os_error(e, args.out_dir))

@@ -55,10 +55,7 @@ def check_figures(out_dir: Path, figures) -> None:
 def compile_pdf(template: Path, out_dir: Path, inputs: dict | None = None) -> bytes:
     """The PDF of one template, reading the results of out_dir (an absolute path: root is /);
     inputs: more sys.inputs for the template."""
-    try:
-        import typst
-    except ImportError:
-        raise ReportError("the typst module is missing: pip install -r requirements.txt") from None
+    import typst
     if not template.is_file():
         raise ReportError(f"{template}: report template not found")
     try:
