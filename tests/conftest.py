@@ -11,7 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED_DATA = Path(os.environ.get("CIFAR10_DIR", ROOT.parent / "shared" / "cifar-10-batches-py"))
+SHARED_DATA = Path(
+    os.environ.get("CIFAR10_DIR", ROOT.parent / "shared" / "data" / "cifar-10-batches-py")
+)
 FILES = (
     "data_batch_1",
     "data_batch_2",
