@@ -1,12 +1,13 @@
 """DD2424 Assignment 2, Exercise 5: the convolutional teacher that the two-layer network learns
-from (distillation: `python3 bonus.py distil`). The only place where torch trains anything.
+from (distillation: `python3 -m bonus distil`). The only place where torch trains anything.
 
 The network follows airbench (K. Jordan, cifar10-airbench, 2024) at a width that a CPU trains
 in under an hour: a 2x2 convolution fixed to whiten the image patches, three groups of
 conv-pool-BN-GELU-conv-BN-GELU with (w, 4w, 4w) channels, a max-pool and a linear layer;
 SGD with Nesterov momentum, a triangular learning rate, no label smoothing. It trains on the
-student's training images with the student's augmentation (mechanisms.augment_source: mirroring
-and moves with repeated edges), in float32 on the CPU.
+student's training images with the student's augmentation (bonus.augment.augment_source:
+mirroring and moves with repeated edges), in float32 on the CPU (float64 for bonus.keys'
+probe).
 
 - train_teacher: the network trained for tc.epochs, the epoch validation prefers kept; its
   progress saved after every epoch, so a run cut short resumes (bit for bit).
@@ -25,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import assignment2 as a
-import harness
-import mechanisms as mech
+from bonus import augment, store, wide
 
 # --------------------------------------------------------------------------------------------------
 # Settings
@@ -49,6 +49,7 @@ class TeacherConfig:
     shift: int = 3  # ... and moves of up to shift pixels, edges repeated
     whiten_eps: float = 5e-4  # added to the patch covariance's eigenvalues before the whitening
     scale: float = 1 / 9  # the scores are the last layer's output times this (airbench's)
+    dtype: str = "float32"  # of the images, the network and its training
 
 
 QUICK_TEACHER = TeacherConfig(width=4, epochs=2, batch=100)
@@ -82,7 +83,13 @@ def make_net(tc: TeacherConfig) -> nn.Sequential:
     net = nn.Sequential(whiten, nn.GELU(), conv_group(24, w[0]), conv_group(w[0], w[1]),
                         conv_group(w[1], w[2]), nn.MaxPool2d(3), nn.Flatten(),
                         nn.Linear(w[2], a.K, bias=False), Scale(tc.scale))
-    return net.to(memory_format=torch.channels_last)  # oneDNN's faster layout on the CPU
+    # channels last: oneDNN's faster layout on the CPU
+    return net.to(dtype=getattr(torch, tc.dtype), memory_format=torch.channels_last)
+
+
+def dtype_of(net: nn.Module) -> str:
+    """The numpy name of the dtype the network computes in."""
+    return str(next(net.parameters()).dtype).removeprefix("torch.")
 
 
 class Scale(nn.Module):
@@ -126,7 +133,7 @@ def init_whitening(layer: nn.Conv2d, X: torch.Tensor, eps: float) -> None:
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()  # (n 31 31, 12)
     values, vectors = torch.linalg.eigh(patches.T @ patches / patches.shape[0])  # (12,), (12, 12)
     filters = (vectors.T / torch.sqrt(values + eps)[:, None]).reshape(12, 3, 2, 2)
-    layer.weight.data[:] = torch.cat([filters, -filters]).float()
+    layer.weight.data[:] = torch.cat([filters, -filters]).to(layer.weight.dtype)
 
 
 def as_images(XT: np.ndarray) -> torch.Tensor:
@@ -149,7 +156,7 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
     with torch.random.fork_rng():  # the caller's torch generator is left as it was
         torch.manual_seed(seed)
         net = make_net(tc)
-    XT = np.ascontiguousarray(tr.X.T, np.float32)  # (n, D)
+    XT = np.ascontiguousarray(tr.X.T, tc.dtype)  # (n, D)
     init_whitening(net[0], as_images(XT[:5000]), tc.whiten_eps)
     opt = optimizer(net, tc)
     rng = np.random.default_rng([seed, 18])
@@ -157,7 +164,7 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
     best = snapshot(arrays)
     start, save = resume(progress, arrays, best, rng, tr.n, log) if progress else (None, None)
     hist = start["hist"] if start else {}
-    windows = mech.augment_source(XT, tc.flip, tc.shift)
+    windows = augment.augment_source(XT, tc.flip, tc.shift)
     per_epoch = tr.n // tc.batch
     for epoch in range(start["t"] // per_epoch if start else 0, tc.epochs):
         t0, perm = time.perf_counter(), rng.permutation(tr.n)
@@ -177,16 +184,31 @@ def train_teacher(tr: a.Split, va: a.Split, tc: TeacherConfig, seed: int, progre
     return {k[4:]: v for k, v in best.items()}, hist
 
 
+def fit(splits: tuple, tc: TeacherConfig, seed: int, progress=None, log=print) -> tuple:
+    """The teacher trained on the training images of splits (train_teacher) and its record: the
+    epoch validation picked, its validation and test accuracy (the test set seen once by that
+    epoch) and the history: (state, record)."""
+    tr, va, te = splits
+    state, hist = train_teacher(tr, va, tc, seed, progress, log)
+    net, best = load_net(state, tc), int(np.argmax(hist["val_acc"]))
+    rec = {"name": "teacher", "seed": seed, "diverged": False, "epoch": best + 1,
+           "val_acc": hist["val_acc"][best], "test_acc": accuracy(net, te),
+           "seconds": hist["seconds"][-1], "history": hist}
+    log(f"teacher: val acc {rec['val_acc']:.4f} (epoch {best + 1}), test acc "
+        f"{rec['test_acc']:.4f}, {rec['seconds'] / 60:.1f} minutes")
+    return state, rec
+
+
 def train_epoch(net, opt, windows, y, perm, epoch: int, tc: TeacherConfig, rng) -> float:
     """One pass over the images perm in batches of tc.batch (a partial last one dropped), each
-    image mirrored and moved as mechanisms.random_views draws: the mean training loss."""
+    image mirrored and moved as augment.random_views draws: the mean training loss."""
     net.train()
     per_epoch, losses = perm.size // tc.batch, []
     total = per_epoch * tc.epochs
     for i in range(per_epoch):
         idx = perm[i * tc.batch:(i + 1) * tc.batch]
-        f, oy, ox = mech.random_views(tc, idx.size, rng)
-        X = as_images(mech.augmented_batch(windows, idx, f, oy, ox))  # (B, 3, 32, 32)
+        f, oy, ox = augment.random_views(tc, idx.size, rng)
+        X = as_images(augment.augmented_batch(windows, idx, f, oy, ox))  # (B, 3, 32, 32)
         for group in opt.param_groups:
             group["lr"] = learning_rate(epoch * per_epoch + i, total, tc) * group["scale"]
         loss = F.cross_entropy(net(X), torch.from_numpy(y[idx]).long(),
@@ -241,11 +263,11 @@ def resume(progress: tuple, arrays: dict, best: dict, rng, n: int, log) -> tuple
         meta = {"t": t, "seconds": hist["seconds"][-1], "hist": hist,
                 "rng": rng.bit_generator.state}
         best_arrays = {f"best/{k}": v for k, v in best_now.items()}
-        harness.save_progress(path, key, meta, arrays | best_arrays | {"perm": perm})
+        store.save_progress(path, key, meta, arrays | best_arrays | {"perm": perm})
 
     like = arrays | {f"best/{k}": v for k, v in best.items()} | {"perm": np.empty(n, np.int64)}
-    saved = harness.load_progress(path, key, like,
-                                  lambda m, z: mech.progress_problem(m, z, rng), log)
+    saved = store.load_progress(path, key, like,
+                                  lambda m, z: wide.progress_problem(m, z, rng), log)
     if not saved:
         return None, save
     meta, stored = saved
@@ -275,22 +297,23 @@ def scores(net: nn.Module, XT: np.ndarray, chunk: int = 1000) -> np.ndarray:
 
 def accuracy(net: nn.Module, d: a.Split) -> float:
     """The fraction of d's images (plain) whose highest score is their label."""
-    S = scores(net, np.ascontiguousarray(d.X.T, np.float32))  # (n, K)
+    S = scores(net, np.ascontiguousarray(d.X.T, dtype_of(net)))  # (n, K)
     return float(np.mean(np.argmax(S, axis=1) == d.y))
 
 
 def teacher_logits(net: nn.Module, X: np.ndarray, views: np.ndarray, shift: int,
                    chunk: int = 250) -> np.ndarray:
     """The scores of the views of every image: X (D, n) images; views (n, V, 3) of (f, oy, ox),
-    image i mirrored if f and cropped at (oy, ox) of its padded copy as in mechanisms.
+    image i mirrored if f and cropped at (oy, ox) of its padded copy as in augment.
     random_views; returns (n, V, K) float16 (the student's targets need no more)."""
     n, V = views.shape[:2]
     out = np.empty((n, V, a.K), np.float16)  # (n, V, K)
     for i in range(0, n, chunk):
-        XT = np.ascontiguousarray(X[:, i:i + chunk].T, np.float32)  # (c, D)
-        windows = mech.augment_source(XT, True, shift)
+        XT = np.ascontiguousarray(X[:, i:i + chunk].T, dtype_of(net))  # (c, D)
+        windows = augment.augment_source(XT, True, shift)
         c = XT.shape[0]
         f, oy, ox = (views[i:i + c].reshape(-1, 3).T)  # (c V,) each
-        batch = mech.augmented_batch(windows, np.repeat(np.arange(c), V), f, oy, ox)  # (c V, D)
+        idx = np.repeat(np.arange(c), V)  # (c V,)
+        batch = augment.augmented_batch(windows, idx, f, oy, ox)  # (c V, D)
         out[i:i + c] = scores(net, batch, chunk=c * V).reshape(c, V, a.K)
     return out

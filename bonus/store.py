@@ -1,25 +1,17 @@
-"""The long-run harness of Exercise 5 (bonus.py): runs of an hour that resume and are reused.
+"""The store of Exercise 5's runs: what lets runs of an hour resume and be reused. It knows
+arrays, JSON and files, nothing of the network; bonus.keys says what a run's key holds.
 
-- Trials: a JSON-lines file of finished trials, each under the key of all that made it (its
-  settings, seed, sizes, a fingerprint of its data and of the code), so a rerun reuses a trial
-  only when all of that is the same. A line that cannot be believed is skipped with a warning.
-- save_progress / load_progress: a run's state at an evaluation point (arrays and a JSON record),
-  so that an interrupted run goes on from there; a damaged file or another run's is set aside.
-- code_fingerprint: a hash of the code that a function runs, followed through the project's
-  modules (comments, docstrings, layout and the code it does not run do not count).
-
-It knows arrays, JSON and files, nothing of the network: bonus.py says what goes in them.
+- Trials: a JSON-lines file of finished runs, each under its key; a line that cannot be
+  believed is skipped with a warning.
+- save_progress / load_progress: a run's state at an evaluation point (arrays and a JSON
+  record), so that an interrupted run goes on from there; a damaged file or another run's is
+  set aside, never deleted.
 """
 from __future__ import annotations
 
-import ast
-import copy
-import functools
 import hashlib
-import inspect
 import json
 import os
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -37,77 +29,9 @@ def key_text(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def code_fingerprint(*roots) -> str:
-    """16 hex digits naming the code that roots (module-level functions or classes) run: their
-    source and that of every module-level name they use, followed into the modules of the same
-    folder that they import (as `a.name` or by `from m import name`), as code: comments,
-    docstrings and layout do not count, and editing any other part of the files changes
-    nothing. Modules are named by their files, so a module run as a script (__main__) has the
-    fingerprint it has when imported."""
-    folder = Path(inspect.getsourcefile(roots[0])).parent
-    todo = [(sys.modules[r.__module__], r.__name__) for r in roots]
-    seen, parts = set(), []
-    while todo:
-        module, name = todo.pop()
-        file = Path(module.__file__).stem  # not __name__: run as a script, bonus is __main__
-        if (file, name) in seen:
-            continue
-        seen.add((file, name))
-        node = without_docstrings(definitions(module)[name])
-        parts.append(f"{file}.{name}: {ast.unparse(node)}")
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Name):
-                todo += uses(module, getattr(module, sub.id, None), sub.id, folder)
-            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name):
-                other = getattr(module, sub.value.id, None)
-                if inspect.ismodule(other) and in_folder(other, folder):
-                    todo += [(other, sub.attr)] if sub.attr in definitions(other) else []
-    return short_hash("\n".join(sorted(parts)))
-
-
-def uses(module, value, name: str, folder: Path) -> list:
-    """The (module, name) that the name `name` of module refers to, if it is code of folder."""
-    if name in definitions(module):
-        return [(module, name)]
-    home = sys.modules.get(getattr(value, "__module__", None) or "")
-    if home is not None and in_folder(home, folder) and name in definitions(home):
-        return [(home, name)]  # from home import name
-    return []
-
-
-def in_folder(module, folder: Path) -> bool:
-    file = getattr(module, "__file__", None)
-    return file is not None and Path(file).resolve().parent == folder.resolve()
-
-
-@functools.cache
-def definitions(module) -> dict:
-    """The module-level functions, classes and assignments of module's source, by name."""
-    out = {}
-    for node in ast.parse(Path(module.__file__).read_text()).body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            out[node.name] = node
-        for target in getattr(node, "targets", [getattr(node, "target", None)]):
-            if isinstance(target, ast.Name):
-                out[target.id] = node
-    return out
-
-
-def without_docstrings(node):
-    """A copy of node without the docstrings and the signatures' annotations of it and of what
-    it defines (type hints do not run; a dataclass's fields stay)."""
-    node = copy.deepcopy(node)
-    for sub in ast.walk(node):
-        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            sub.returns = None
-        if isinstance(sub, ast.arg):
-            sub.annotation = None
-        body = getattr(sub, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(getattr(body[0], "value", None), ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            sub.body = body[1:] or [ast.Pass()]
-    return node
+def run_name(key: dict) -> str:
+    """The 16 hex digits that name the files of the run `key`."""
+    return short_hash(key_text(key))
 
 
 def arrays_fingerprint(*arrays: np.ndarray) -> str:
@@ -166,6 +90,7 @@ class Trials:
         """Append one trial in one write, flushed to disk: a crash after it loses nothing; a
         crash during it leaves at most a cut line, which is skipped (the next record starts on a
         line of its own)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as f:
             lead = b""
             if f.seek(0, os.SEEK_END):  # the last line was cut: end it, it stays skipped
