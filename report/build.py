@@ -1,7 +1,7 @@
 """Builds report/report.pdf (and bonus.pdf) from a results folder with Typst; formats results.txt.
 
-The templates report.typ and bonus.typ read results.json, timings.json, results_bonus.json,
-results_explore.json and results_distil.json (when there) and the figures of the folder
+The templates report.typ and bonus.typ read results.json, timings.json and Exercise 5's
+bonus/results/recipe.json, explore.json and distil.json (when there) and the figures of the folder
 themselves (rows are found by name); this file only checks that those inputs are there and
 readable, compiles, and replaces a PDF only with a complete one.
 `python3 -m report [--out-dir DIR]` calls build_report().
@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")
 FIGURES = ("fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png")
 BONUS_FIGURES = ("augmentation.png", "bonus_minutes.png")
+STEPS_5 = ("recipe", "explore", "distil")  # Exercise 5's steps, each with a results file
 
 
 class ReportError(Exception):
@@ -66,27 +67,31 @@ def compile_pdf(template: Path, out_dir: Path, inputs: dict | None = None) -> by
                           f"({' '.join(str(e).split())[:300]})") from None
 
 
+def bonus_results(out_dir: Path, step: str) -> Path:
+    """Where Exercise 5's step writes its results (python3 -m bonus STEP)."""
+    return out_dir / "bonus" / "results" / f"{step}.json"
+
+
 def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
-    """report/report.pdf under out_dir, and report/bonus.pdf when results_bonus.json is there."""
+    """report/report.pdf under out_dir, and report/bonus.pdf when Exercise 5's recipe has run."""
     out_dir = Path(out_dir)
     check_results(out_dir)
     check_figures(out_dir, FIGURES)
-    jobs = ["report"]
-    if (out_dir / "results_bonus.json").is_file():
-        read_results(out_dir / "results_bonus.json", "run `python3 bonus.py` again")
+    jobs, there = ["report"], {s: bonus_results(out_dir, s).is_file() for s in STEPS_5}
+    if there["recipe"]:
+        read_results(bonus_results(out_dir, "recipe"), "run `python3 -m bonus` again")
         check_figures(out_dir, BONUS_FIGURES)
         jobs.append("bonus")
-    explore = (out_dir / "results_explore.json").is_file()
-    if explore:
-        res = read_results(out_dir / "results_explore.json", "run `python3 bonus.py explore`")
+    if there["explore"]:
+        path = bonus_results(out_dir, "explore")
+        res = read_results(path, "run `python3 -m bonus explore`")
         if not all(isinstance(r, dict) and "runs" in r for r in res.get("rows", {}).values()):
-            raise ReportError(f"{out_dir / 'results_explore.json'}: made by an older version; run "
-                              f"`python3 bonus.py explore` again")
+            raise ReportError(f"{path}: made by an older version; run `python3 -m bonus explore` "
+                              f"again")
         check_figures(out_dir, ("ablation.png",))
-    distil = (out_dir / "results_distil.json").is_file()
-    if distil:
-        read_results(out_dir / "results_distil.json", "run `python3 bonus.py distil`")
-    inputs = {"explore": "yes" if explore else "no", "distil": "yes" if distil else "no"}
+    if there["distil"]:
+        read_results(bonus_results(out_dir, "distil"), "run `python3 -m bonus distil`")
+    inputs = {s: "yes" if there[s] else "no" for s in ("explore", "distil")}
     pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir, inputs) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled
         write_atomic(out_dir / "report" / f"{name}.pdf", pdf)

@@ -1,4 +1,4 @@
-"""Exercise 5 (mechanisms.py, bonus.py): augmentation, dropout, Nesterov momentum, Adam, the
+"""Exercise 5 (bonus/): augmentation, dropout, Nesterov momentum, Adam, the
 principal subspace, test-time views, networks of networks, resuming a run."""
 
 import functools
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import assignment2 as a
-import bonus as b
-import harness
-import mechanisms as mech
+from bonus import augment as aug
+from bonus import settings as st
+from bonus import steps, store, wide
+from bonus import updates as upd
 
 
 def images(n=6, seed=0, dtype=np.float32):
@@ -25,9 +26,9 @@ def test_augment_source_pads_with_edge_pixels_like_np_pad():
         padded = np.pad(
             XT.reshape(-1, 3, 32, 32), ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge"
         )
-        w = mech.augment_source(XT, True, shift)
+        w = aug.augment_source(XT, True, shift)
         assert w.shape == (2, 6, 3, 2 * shift + 1, 2 * shift + 1, 32, 32) and w.dtype == XT.dtype
-        assert mech.augment_source(XT, False, shift).shape[0] == 1
+        assert aug.augment_source(XT, False, shift).shape[0] == 1
         for oy in range(2 * shift + 1):
             for ox in range(2 * shift + 1):
                 np.testing.assert_array_equal(
@@ -46,8 +47,8 @@ def moved(XT, shift, f, tx, ty):
     def full(v):
         return np.full(n, v)
 
-    windows = mech.augment_source(XT, True, shift)
-    return mech.augmented_batch(windows, np.arange(n), full(f), full(shift - ty), full(shift - tx))
+    windows = aug.augment_source(XT, True, shift)
+    return aug.augmented_batch(windows, np.arange(n), full(f), full(shift - ty), full(shift - tx))
 
 
 def reference(XT, mirror, tx, ty):
@@ -90,16 +91,16 @@ def test_a_shift_and_its_inverse_restore_the_interior(tx, ty):
 def test_mirror_images_is_the_training_flip_and_its_own_inverse():
     XT = images()
     X = np.asfortranarray(XT.T)  # (D, n)
-    np.testing.assert_array_equal(mech.mirror_images(X), moved(XT, 0, 1, 0, 0).T)
-    np.testing.assert_array_equal(mech.mirror_images(mech.mirror_images(X)), X)
+    np.testing.assert_array_equal(aug.mirror_images(X), moved(XT, 0, 1, 0, 0).T)
+    np.testing.assert_array_equal(aug.mirror_images(aug.mirror_images(X)), X)
 
 
 def test_mirrored_view_averages_an_image_and_its_mirror():
     rng = np.random.default_rng(8)
     d = a.Split(rng.standard_normal((a.D, 50)), rng.integers(0, 10, 50))
     params = a.init_params(a.D, 20, rng)
-    P = (a.forward(d.X, params)[0] + a.forward(mech.mirror_images(d.X), params)[0]) / 2
-    acc = mech.view_accuracy(d, params, mech.views(0)["mirrored"], chunk=20)
+    P = (a.forward(d.X, params)[0] + a.forward(aug.mirror_images(d.X), params)[0]) / 2
+    acc = aug.view_accuracy(d, params, aug.views(0)["mirrored"], chunk=20)
     assert acc == np.mean(np.argmax(P, axis=0) == d.y) != a.evaluate(d.X, d.y, params, 0)["acc"]
 
 
@@ -112,15 +113,15 @@ def test_shifted_pixels_really_move():
 
 def test_training_with_augmentation_draws_every_transform(monkeypatch):
     seen = []
-    real = mech.augmented_batch
+    real = aug.augmented_batch
     monkeypatch.setattr(
-        mech, "augmented_batch",
+        wide, "augmented_batch",
         lambda w, idx, f, oy, ox: (seen.append((f, oy, ox)), real(w, idx, f, oy, ox))[1])
     rng = np.random.default_rng(0)
     tr = a.Split(np.asfortranarray(rng.standard_normal((a.D, 200), dtype=np.float32)),
                  rng.integers(0, 10, 200))
     cfg = a.Config(m=5, n_s=20, n_batch=50, eval_train=False)
-    mech.train_network(tr, tr, cfg, mech.Extras(optimizer="sgd", pca=0), rng, log=lambda t: None)
+    wide.train_network(tr, tr, cfg, st.Extras(optimizer="sgd", pca=0), rng, log=lambda t: None)
     f, oy, ox = (np.concatenate(x) for x in zip(*seen))
     assert set(f) == {0, 1} and set(oy) == set(ox) == set(range(7))
 
@@ -131,14 +132,14 @@ def test_dropout_keeps_the_expected_activation_and_is_off_at_evaluation():
     params = a.init_params(30, 40, rng)
     _, H = a.forward(X, params)
     p = 0.3
-    drop = mech.dropout_mask(p, H.shape, "float64", rng)
+    drop = wide.dropout_mask(p, H.shape, "float64", rng)
     _, Hd = a.forward(X, params, drop)
     assert np.mean(Hd == 0) == pytest.approx(np.mean(H == 0) + p * np.mean(H > 0), abs=0.01)
     np.testing.assert_allclose(Hd.mean(), H.mean(), rtol=0.03)  # inverted: the same mean
     cfg = a.Config(m=40, n_s=10, n_batch=100, eval_train=False)
     tr = a.Split(np.asfortranarray(X), rng.integers(0, 10, 2000))
-    x = mech.Extras(optimizer="sgd", flip=False, shift=0, pca=0, p_drop=0.5)
-    params2, hist = mech.train_network(tr, tr, cfg, x, np.random.default_rng(3), log=lambda t: None)
+    x = st.Extras(optimizer="sgd", flip=False, shift=0, pca=0, p_drop=0.5)
+    params2, hist = wide.train_network(tr, tr, cfg, x, np.random.default_rng(3), log=lambda t: None)
     # evaluation runs without dropout
     assert hist["val_acc"][-1] == a.evaluate(X, tr.y, params2, 0.0)["acc"]
 
@@ -164,7 +165,7 @@ def test_optimisers_match_torch_optim(optimizer, lam):
 
     rng = np.random.default_rng(5)
     params = {k: v.astype(np.float64) for k, v in a.init_params(6, 4, rng).items()}
-    x = mech.Extras(optimizer=optimizer)
+    x = st.Extras(optimizer=optimizer)
     tparams = [torch.tensor(v.copy(), requires_grad=True) for v in params.values()]
     groups = [
         {
@@ -182,13 +183,13 @@ def test_optimisers_match_torch_optim(optimizer, lam):
         opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
     else:
         opt = torch.optim.Adam(groups, lr=0.05, betas=(0.9, 0.999), eps=1e-8)
-    state = mech.optimizer_state(params, optimizer)
+    state = upd.optimizer_state(params, optimizer)
     for t in range(6):
         grads = {k: rng.standard_normal(v.shape) for k, v in params.items()}
         for tp, g in zip(tparams, grads.values()):
             tp.grad = torch.tensor(g.copy())
         opt.step()
-        mech.RULES[optimizer](params, grads, state, 0.05, t, lam, x)
+        upd.RULES[optimizer](params, grads, state, 0.05, t, lam, x)
         for tp, v in zip(tparams, params.values()):
             np.testing.assert_allclose(v, tp.detach().numpy(), rtol=1e-12, atol=1e-12)
 
@@ -216,15 +217,15 @@ def test_wide_updates_in_blocks_on_threads_are_the_textbook_rule(optimizer, layo
     rng = np.random.default_rng(6)
     shapes = {"W1": (300, 70), "b1": (300, 1), "W2": (10, 300), "b2": (10, 1)}
     params = {k: np.asarray(rng.standard_normal(s), order=layout) for k, s in shapes.items()}
-    ref, x = {k: v.copy() for k, v in params.items()}, mech.Extras(optimizer=optimizer)
-    state, ref_state = mech.optimizer_state(params, optimizer), mech.optimizer_state(ref, optimizer)
-    fast = mech.RULES[optimizer]
+    ref, x = {k: v.copy() for k, v in params.items()}, st.Extras(optimizer=optimizer)
+    state, ref_state = upd.optimizer_state(params, optimizer), upd.optimizer_state(ref, optimizer)
+    fast = upd.RULES[optimizer]
     for t in range(4):
         grads = {k: rng.standard_normal(s) for k, s in shapes.items()}  # C order, always
         textbook(optimizer, ref, {k: g.copy() for k, g in grads.items()}, ref_state, 0.05, t,
                  0.01, x)
         with pytest.MonkeyPatch.context() as mp:  # W1 on 3 threads, each in blocks of 1,000
-            mp.setattr(mech, "blockwise", functools.partial(mech.blockwise, block=1000, threads=3))
+            mp.setattr(upd, "blockwise", functools.partial(upd.blockwise, block=1000, threads=3))
             fast(params, grads, state, 0.05, t, 0.01, x)
         for k in params:
             np.testing.assert_allclose(params[k], ref[k], rtol=1e-13, atol=1e-13)
@@ -237,26 +238,26 @@ def test_updates_flush_subnormal_weights_and_moments_and_nothing_else(optimizer)
     params["W1"][:4, :5] = 1e-40  # subnormal in float32: a unit the penalty shrank for long
     grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
     grads["W1"][:4, :5] = 0
-    x, t = mech.Extras(optimizer=optimizer), mech.FLUSH_EVERY  # a step that flushes
+    x, t = st.Extras(optimizer=optimizer), upd.FLUSH_EVERY  # a step that flushes
     runs = []
     for flush in (True, False):
         p, g = ({k: v.copy() for k, v in d.items()} for d in (params, grads))
-        state = mech.optimizer_state(p, optimizer)
-        for v in harness.flatten(state).values():
+        state = upd.optimizer_state(p, optimizer)
+        for v in store.flatten(state).values():
             if v.shape == params["W1"].shape:
                 v[:4, :5] = 1e-40  # and so are its moments
         with pytest.MonkeyPatch.context() as mp:
             if not flush:
-                mp.setattr(mech, "flush_subnormal", lambda z, tmp: None)
-            mech.RULES[optimizer](p, g, state, 1e-3, t, 0.0, x)  # lam 0: W1[:4, :5] stays
+                mp.setattr(upd, "flush_subnormal", lambda z, tmp: None)
+            upd.RULES[optimizer](p, g, state, 1e-3, t, 0.0, x)  # lam 0: W1[:4, :5] stays
         runs.append((p, state))
     (flushed, flushed_state), (plain, plain_state) = runs
     tiny = np.finfo(np.float32).tiny
 
     def subnormal(z):
         return (z != 0) & (np.abs(z) < tiny)
-    before = [*plain.values(), *harness.flatten(plain_state).values()]
-    after = [*flushed.values(), *harness.flatten(flushed_state).values()]
+    before = [*plain.values(), *store.flatten(plain_state).values()]
+    after = [*flushed.values(), *store.flatten(flushed_state).values()]
     assert any(subnormal(z).any() for z in before) and not any(subnormal(z).any() for z in after)
     for z, y in zip(after, before):
         assert np.array_equal(z[~subnormal(y)], y[~subnormal(y)])  # the rest as computed
@@ -264,10 +265,10 @@ def test_updates_flush_subnormal_weights_and_moments_and_nothing_else(optimizer)
 
 def test_schedules():
     cfg = a.Config(eta_min=1e-5, eta_max=0.2, n_s=50, n_cycles=2)  # 200 steps
-    lin, cyc = mech.Extras(schedule="linear"), mech.Extras(schedule="cyclic")
-    assert mech.learning_rate(0, cfg, lin) == 0.2 and mech.learning_rate(100, cfg, lin) == 0.1
-    assert mech.learning_rate(200, cfg, lin) == pytest.approx(0.0)
-    assert mech.learning_rate(50, cfg, cyc) == a.cyclic_eta(50, 1e-5, 0.2, 50)
+    lin, cyc = st.Extras(schedule="linear"), st.Extras(schedule="cyclic")
+    assert upd.learning_rate(0, cfg, lin) == 0.2 and upd.learning_rate(100, cfg, lin) == 0.1
+    assert upd.learning_rate(200, cfg, lin) == pytest.approx(0.0)
+    assert upd.learning_rate(50, cfg, cyc) == a.cyclic_eta(50, 1e-5, 0.2, 50)
 
 
 def low_rank_split(d=40, n=300, rank=6, seed=7, dtype=np.float64):
@@ -282,7 +283,7 @@ def low_rank_split(d=40, n=300, rank=6, seed=7, dtype=np.float64):
 
 def test_pca_basis_is_orthonormal_and_ordered_by_variance():
     s = low_rank_split()
-    U = mech.pca_basis(np.ascontiguousarray(s.X.T), 8)
+    U = aug.pca_basis(np.ascontiguousarray(s.X.T), 8)
     assert U.shape == (40, 8)
     np.testing.assert_allclose(U.T @ U, np.eye(8), atol=1e-10)
     var = ((U.T @ s.X) ** 2).mean(axis=1)  # variance along each direction, (8,)
@@ -306,38 +307,38 @@ def mirror_basis():
     """image_split()'s images (n, D) and their top 12 mirror-symmetric directions (D, 12): two
     eigendecompositions of (D/2, D/2), made once."""
     XT = np.ascontiguousarray(image_split().X.T)
-    return XT, mech.pca_basis(XT, 12, mirror=True)
+    return XT, aug.pca_basis(XT, 12, mirror=True)
 
 
 def test_the_mirror_basis_is_the_pca_of_the_images_and_their_mirror_images(mirror_basis):
     XT, U = mirror_basis
     np.testing.assert_allclose(U.T @ U, np.eye(12), atol=1e-10)
-    both = np.concatenate([XT, XT[:, mech.mirror_index()]])  # (2n, D): the mirror images too
+    both = np.concatenate([XT, XT[:, aug.mirror_index()]])  # (2n, D): the mirror images too
     var = ((both @ U) ** 2).mean(axis=0)  # (12,)
     top = np.linalg.eigvalsh(both @ both.T / both.shape[0])[::-1][:12]  # those of both^T both
     np.testing.assert_allclose(var, top, rtol=1e-8)  # the top 12, in order
-    signs = mech.mirror_signs(U)
-    np.testing.assert_allclose(XT[:, mech.mirror_index()] @ U, (XT @ U) * signs, atol=1e-10)
+    signs = aug.mirror_signs(U)
+    np.testing.assert_allclose(XT[:, aug.mirror_index()] @ U, (XT @ U) * signs, atol=1e-10)
 
 
 def test_mirror_signs_refuse_a_basis_that_is_neither_even_nor_odd():
     U = np.linalg.qr(np.random.default_rng(0).standard_normal((a.D, 6)))[0]  # orthonormal
     with pytest.raises(ValueError, match="mirror"):
-        mech.mirror_signs(U)
+        aug.mirror_signs(U)
 
 
 @pytest.mark.parametrize("flip,shift", [(True, 3), (True, 0), (False, 2)])
 def test_projected_batches_are_the_projected_augmented_images(mirror_basis, flip, shift):
     XT, U = mirror_basis
-    x = mech.Extras(flip=flip, shift=shift, pca=12)
-    fast = mech.projected_batches(XT, U, x)
-    windows = mech.augment_source(XT, flip, shift)
+    x = st.Extras(flip=flip, shift=shift, pca=12)
+    fast = wide.projected_batches(XT, U, x)
+    windows = aug.augment_source(XT, flip, shift)
     for seed in range(3):
         idx = np.random.default_rng(seed).permutation(XT.shape[0])[:25]
         got = fast(idx, np.random.default_rng(seed))  # (k, B)
         rng = np.random.default_rng(seed)  # the pixel path's draws, in the same order
         f, (oy, ox) = rng.integers(0, 1 + flip, 25), rng.integers(0, 2 * shift + 1, (2, 25))
-        want = (mech.augmented_batch(windows, idx, f, oy, ox) @ U).T
+        want = (aug.augmented_batch(windows, idx, f, oy, ox) @ U).T
         np.testing.assert_allclose(got, want, atol=1e-10)
 
 
@@ -348,7 +349,7 @@ class LabelTeacher:
         self.x, self.views = x, []
 
     def draw(self, idx, rng):
-        f, oy, ox = mech.random_views(self.x, idx.size, rng)
+        f, oy, ox = aug.random_views(self.x, idx.size, rng)
         self.views.append(f)
         return f, oy, ox, None
 
@@ -360,8 +361,8 @@ def test_a_teacher_of_one_hot_labels_trains_the_labels_network(mirror_basis):
     XT, U = mirror_basis
     s = a.Split(np.asfortranarray(XT.T), image_split().y)
     cfg = a.Config(m=7, lam=0.01, eta_max=0.01, n_s=6, n_batch=20, dtype="float64")
-    x, teacher = mech.Extras(pca=12, shift=2), LabelTeacher(mech.Extras(pca=12, shift=2))
-    runs = [mech.train_network(s, s, cfg, x, np.random.default_rng(5), U, log=lambda t: None,
+    x, teacher = st.Extras(pca=12, shift=2), LabelTeacher(st.Extras(pca=12, shift=2))
+    runs = [wide.train_network(s, s, cfg, x, np.random.default_rng(5), U, log=lambda t: None,
                                teach=teach) for teach in (None, teacher)]
     (p0, h0), (p1, h1) = runs
     assert len(teacher.views) == 2 * cfg.n_s and set(np.concatenate(teacher.views)) == {0, 1}
@@ -373,9 +374,9 @@ def test_a_teacher_of_one_hot_labels_trains_the_labels_network(mirror_basis):
 def test_a_teacher_needs_the_principal_subspace():
     s = image_split()
     cfg = a.Config(m=7, n_s=6, n_batch=20, dtype="float64")
-    x = mech.Extras(pca=0)
+    x = st.Extras(pca=0)
     with pytest.raises(a.ConfigError, match="principal subspace"):
-        mech.train_network(s, s, cfg, x, np.random.default_rng(5), log=lambda t: None,
+        wide.train_network(s, s, cfg, x, np.random.default_rng(5), log=lambda t: None,
                            teach=LabelTeacher(x))
 
 
@@ -384,7 +385,7 @@ def test_pca_variance_kept():
     XT = np.ascontiguousarray(s.X.T)
 
     def kept(k):
-        return mech.pca_variance_kept(XT, mech.pca_basis(XT, k))
+        return aug.pca_variance_kept(XT, aug.pca_basis(XT, k))
 
     assert kept(40) == pytest.approx(1.0)
     assert 0.98 < kept(6) < 1 and kept(1) < kept(2)
@@ -395,9 +396,9 @@ def test_training_in_the_full_pca_basis_equals_plain_training():
     it, so training in it must give the same network back in pixel space."""
     s = low_rank_split()
     cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, dtype="float64")
-    x = mech.Extras(optimizer="sgd", flip=False, shift=0, p_drop=0.2)
-    U = mech.pca_basis(np.ascontiguousarray(s.X.T), 40)
-    runs = [mech.train_network(s, s, cfg, replace(x, pca=k), np.random.default_rng(3), U, log=print)
+    x = st.Extras(optimizer="sgd", flip=False, shift=0, p_drop=0.2)
+    U = aug.pca_basis(np.ascontiguousarray(s.X.T), 40)
+    runs = [wide.train_network(s, s, cfg, replace(x, pca=k), np.random.default_rng(3), U, log=print)
             for k in (0, 40)]
     (p0, h0), (p1, h1) = runs
     assert p1["W1"].shape == (9, 40)
@@ -409,9 +410,9 @@ def test_training_in_the_full_pca_basis_equals_plain_training():
 def test_training_in_a_pca_subspace_keeps_w1_in_it():
     s = low_rank_split()
     cfg = a.Config(m=9, lam=0.01, eta_max=0.05, n_s=15, n_batch=30, dtype="float64")
-    x = mech.Extras(optimizer="nesterov", flip=False, shift=0, pca=6)
-    U = mech.pca_basis(np.ascontiguousarray(s.X.T), 6)
-    params, hist = mech.train_network(s, s, cfg, x, np.random.default_rng(3), U, log=print)
+    x = st.Extras(optimizer="nesterov", flip=False, shift=0, pca=6)
+    U = aug.pca_basis(np.ascontiguousarray(s.X.T), 6)
+    params, hist = wide.train_network(s, s, cfg, x, np.random.default_rng(3), U, log=print)
     W1 = params["W1"]  # (m, d), back in pixel space
     assert W1.shape == (9, 40)
     np.testing.assert_allclose(W1 - W1 @ U @ U.T, 0, atol=1e-12)
@@ -435,11 +436,11 @@ def test_training_in_a_pca_subspace_keeps_w1_in_it():
 )
 def test_invalid_bonus_settings_refused(change, message):
     with pytest.raises(a.ConfigError, match=message):
-        mech.check_extras(replace(mech.Extras(), **change))
+        st.check_extras(replace(st.Extras(), **change))
 
 
 # --------------------------------------------------------------------------------------------------
-# bonus.py: the experiments (and the views and networks of networks they measure)
+# The experiments (and the views and networks of networks they measure)
 
 def test_concatenated_networks_average_the_scores_of_their_parts():
     rng = np.random.default_rng(0)
@@ -451,7 +452,7 @@ def test_concatenated_networks_average_the_scores_of_their_parts():
 
     def scores(p):  # eqs. 1-3
         return p["W2"] @ np.maximum(p["W1"] @ X + p["b1"], 0) + p["b2"]
-    one = mech.concatenate(nets)
+    one = aug.concatenate(nets)
     assert one["W1"].shape == (15, 12) and one["W2"].shape == (10, 15)
     np.testing.assert_allclose(scores(one), sum(map(scores, nets)) / 3, rtol=1e-12, atol=1e-12)
     # and it is an ordinary network for the rest of the code
@@ -461,25 +462,25 @@ def test_concatenated_networks_average_the_scores_of_their_parts():
 
 
 def test_the_ablation_measures_the_recipe_it_was_planned_on_whatever_lam_is_chosen_now():
-    e = b.Exercise5()
-    assert b.ablation(replace(e, lam=1.0), 45000) == b.ablation(e, 45000)
-    assert b.ablation(e, 45000)["recipe"][0].lam == e.ablation_lam
+    e = st.Exercise5()
+    assert st.ablation(replace(e, lam=1.0), 45000) == st.ablation(e, 45000)
+    assert st.ablation(e, 45000)["recipe"][0].lam == e.ablation_lam
 
 
 def test_every_ablation_row_changes_one_thing_against_its_recipe_row():
-    e = replace(b.Exercise5(), lam=b.Exercise5().ablation_lam)
-    rows = b.ablation(e, 45000)
-    assert rows["recipe"] == (*b.recipe(e, 45000), "recipe")
+    e = replace(st.Exercise5(), lam=st.Exercise5().ablation_lam)
+    rows = st.ablation(e, 45000)
+    assert rows["recipe"] == (*st.recipe(e, 45000), "recipe")
     base = f"recipe, {e.ablation_epochs} epochs"
-    assert rows[base] == (*b.recipe(e, 45000, e.ablation_epochs), base)
+    assert rows[base] == (*st.recipe(e, 45000, e.ablation_epochs), base)
     assert 2 * rows["recipe"][0].n_s == e.epochs * (45000 // e.batch)  # a partial batch dropped
     budgets = {f"{e.ablation_epochs // 2} epochs": 0.5, f"{e.ablation_epochs * 3 // 2} epochs": 1.5}
     for name, (c, y, against) in rows.items():
         a.check_config(c, 45000)
-        mech.check_extras(y)
+        st.check_extras(y)
         ref_c, ref_x, _ = rows[against]
         scale = budgets.get(name, 1.0)
-        assert b.epochs_of(c, 45000) == pytest.approx(scale * b.epochs_of(ref_c, 45000), rel=1e-3)
+        assert st.epochs_of(c, 45000) == pytest.approx(scale * st.epochs_of(ref_c, 45000), rel=1e-3)
         changed = {k for k, v in (asdict(c) | asdict(y)).items()
                    if v != (asdict(ref_c) | asdict(ref_x))[k]}
         changed -= {"n_s", "n_cycles", "evals_per_cycle", "eta_max", "schedule"}
@@ -495,7 +496,7 @@ def test_the_summary_pools_the_spread_of_one_run():
     rows = {"recipe": {"against": "recipe", "runs": [run(0.70), run(0.72), run(0.71)]},
             "x": {"against": "recipe", "runs": [run(0.66), run(0.68)]},
             "y": {"against": "recipe", "runs": [run(0.73)]}}
-    out = b.summary(rows)
+    out = steps.summary(rows)
     pooled = math.sqrt((0.0002 + 0.0002) / 3)  # squares about the means: 2e-4 and 2e-4
     assert out["pooled_std"] == pytest.approx(pooled) and out["pooled_dof"] == 3
     assert rows["x"]["diff"] == pytest.approx(-0.04)
@@ -509,7 +510,7 @@ def test_test_time_views_are_the_moved_and_mirrored_images():
     X = rng.standard_normal((a.D, 6)).astype(np.float32)
     y = rng.integers(0, a.K, 6)
     params = a.init_params(a.D, 7, rng, "float32")
-    views = mech.views(2)
+    views = aug.views(2)
     assert list(views) == ["plain", "mirrored", "mirrored, moved 1", "mirrored, moved 2"]
     imgs = X.T.reshape(6, 3, 32, 32)
     ref = 0
@@ -518,7 +519,7 @@ def test_test_time_views_are_the_moved_and_mirrored_images():
         pad = np.pad(img, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="edge")
         moved = pad[:, :, 2 - dy:34 - dy, 2 - dx:34 - dx]  # moved down dy, right dx
         ref = ref + a.forward(moved.reshape(6, a.D).T, params)[0]
-    acc = mech.view_accuracy(a.Split(X, y), params, views["mirrored, moved 2"])
+    acc = aug.view_accuracy(a.Split(X, y), params, views["mirrored, moved 2"])
     assert acc == np.mean(np.argmax(ref, axis=0) == y)
 
 
@@ -526,16 +527,16 @@ def test_view_sets_measured_together_are_each_measured_alone():
     rng = np.random.default_rng(3)
     d = a.Split(rng.standard_normal((a.D, 30)).astype(np.float32), rng.integers(0, a.K, 30))
     params = a.init_params(a.D, 8, rng, "float32")
-    sets = mech.views(2)
-    assert mech.view_accuracies(d, params, sets, chunk=7) == {
-        name: mech.view_accuracy(d, params, v, chunk=7) for name, v in sets.items()}
+    sets = aug.views(2)
+    assert aug.view_accuracies(d, params, sets, chunk=7) == {
+        name: aug.view_accuracy(d, params, v, chunk=7) for name, v in sets.items()}
 
 
 def test_the_plain_view_is_the_trainers_accuracy():
     rng = np.random.default_rng(2)
     d = a.Split(rng.standard_normal((a.D, 50)), rng.integers(0, a.K, 50))
     params = a.init_params(a.D, 9, rng)
-    assert mech.view_accuracy(d, params, mech.views(0)["plain"], chunk=20) == a.evaluate(
+    assert aug.view_accuracy(d, params, aug.views(0)["plain"], chunk=20) == a.evaluate(
         d.X, d.y, params, 0.0)["acc"]
 
 
@@ -547,10 +548,10 @@ def test_validation_alone_chooses_the_evaluation(monkeypatch):
     def fake(d, params, sets):  # the accuracy each evaluation would have; which split asked
         seen.extend((d is te, name) for name in sets)
         return {name: val[name] if d is va else 0.1 * list(val).index(name) for name in sets}
-    monkeypatch.setattr(mech, "view_accuracies", fake)
-    res = mech.measure({}, (None, va, te), 2)
+    monkeypatch.setattr(aug, "view_accuracies", fake)
+    res = aug.measure({}, (None, va, te), 2)
     # the first of the best on validation: mirrored
     assert res["evaluation"] == "mirrored" and res["test_acc_chosen"] == 0.1
     assert {name for on_test, name in seen if on_test} == {"plain", "mirrored"}
-    res = mech.measure({}, (None, va, te), 2, evaluation="mirrored, moved 2")
+    res = aug.measure({}, (None, va, te), 2, evaluation="mirrored, moved 2")
     assert res["test_acc_chosen"] == pytest.approx(0.3) and (True, "mirrored, moved 2") in seen

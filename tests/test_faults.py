@@ -269,7 +269,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("program", ["assignment2.py", "bonus.py"])
+@pytest.mark.parametrize("program", ["assignment2.py", "bonus/__main__.py"])
 def test_an_interrupt_at_the_first_import_is_one_line(program):
     done = subprocess.run([sys.executable, "-c", FIRST_IMPORT, str(ROOT / program)],
                           capture_output=True, text=True, timeout=60)

@@ -14,14 +14,19 @@ import pytest
 from conftest import ROOT, SHARED_DATA, write_batch
 
 import assignment2 as a
-import bonus
-import harness
+from bonus import augment, keys, settings
 
 
 def run_program(*args, script="assignment2.py", cwd=None, env=None):
-    cmd = [sys.executable, *(["-m", "report"] if script == "report" else [str(script)]), *args]
+    module = script in ("report", "bonus")
+    cmd = [sys.executable, *(["-m", script] if module else [str(script)]), *args]
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, env=env,
                           timeout=300)
+
+
+def results(out, step: str) -> dict:
+    """The results file of an Exercise 5 step in the folder out."""
+    return json.loads((out / "bonus" / "results" / f"{step}.json").read_text())
 
 
 def need_data():
@@ -32,11 +37,11 @@ def need_data():
 
 @pytest.fixture(scope="module")
 def bonus_run(tmp_path_factory):
-    """One --quick run of Exercise 5's recipe: (folder, results_bonus.json)."""
+    """One --quick run of Exercise 5's recipe: (folder, recipe.json)."""
     args, out = need_data(), tmp_path_factory.mktemp("bonus")
-    done = run_program(*args, "--out-dir", str(out), script=ROOT / "bonus.py")
+    done = run_program(*args, "--out-dir", str(out), script="bonus")
     assert done.returncode == 0, done.stderr
-    return out, json.loads((out / "results_bonus.json").read_text())
+    return out, results(out, "recipe")
 
 
 def test_import_runs_nothing_and_loads_neither_torch_nor_matplotlib():
@@ -156,15 +161,16 @@ def test_bonus_trains_and_tests_every_run(bonus_run):
     out, res = bonus_run
     assert list(res["runs"]) == ["seed 3", "seed 4", "seed 5", "seed 6"]
     assert all(0.1 < t["test_acc_mirror"] < 1 for t in res["runs"].values())
-    assert res["recipe"]["pca"] == bonus.QUICK.pca and res["recipe"]["optimizer"] == "adam"
-    assert len((out / "bonus.jsonl").read_text().splitlines()) == 4
-    assert len(list((out / "models").glob("*.npz"))) == 4
+    assert res["recipe"]["pca"] == settings.QUICK.pca and res["recipe"]["optimizer"] == "adam"
+    assert len((out / "bonus" / "results" / "runs.jsonl").read_text().splitlines()) == 4
+    assert len(list((out / "bonus" / "models").glob("*.npz"))) == 4
 
 
-def test_the_program_keys_its_runs_with_the_fingerprint_an_import_computes(bonus_run):
-    out, _ = bonus_run
-    keys = [json.loads(line)["key"] for line in (out / "bonus.jsonl").read_text().splitlines()]
-    assert {k["code"] for k in keys} == {harness.code_fingerprint(bonus.Experiment)}
+def test_the_program_keys_its_runs_with_the_probe_an_import_computes(bonus_run):
+    out, res = bonus_run
+    lines = (out / "bonus" / "results" / "runs.jsonl").read_text().splitlines()
+    cfg, x = settings.recipe(settings.QUICK, res["n_train"])
+    assert {json.loads(line)["key"]["probe"] for line in lines} == {keys.Probes().student(cfg, x)}
 
 
 def test_bonus_measures_networks_made_of_its_runs(bonus_run):
@@ -172,7 +178,7 @@ def test_bonus_measures_networks_made_of_its_runs(bonus_run):
     one, two = res["combined"].values()
     assert one["test_acc"] == res["runs"]["seed 3"]["test_acc"] and one["m"] == 40
     assert two["m"] == 80 and two["seeds"] == [3, 4]
-    assert list(one["val_acc_views"]) == res["views"] == list(bonus.views(3))
+    assert list(one["val_acc_views"]) == res["views"] == list(augment.views(3))
 
 
 def test_bonus_lets_validation_choose_and_repeats_the_choice(bonus_run):
@@ -187,24 +193,25 @@ def test_bonus_lets_validation_choose_and_repeats_the_choice(bonus_run):
 
 def test_bonus_again_reuses_its_runs(bonus_run):
     out, res = bonus_run
-    done = run_program(*need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    done = run_program(*need_data(), "--out-dir", str(out), script="bonus")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("kept from bonus.jsonl") == 4
-    assert json.loads((out / "results_bonus.json").read_text())["final"] == res["final"]
+    assert done.stdout.count("kept from runs.jsonl") == 4
+    assert results(out, "recipe")["final"] == res["final"]
 
 
 @pytest.fixture(scope="module")
 def explore_run(tmp_path_factory):
-    """One --quick run of Exercise 5's ablation: (folder, results_explore.json, the process)."""
+    """One --quick run of Exercise 5's ablation: (folder, explore.json, the process)."""
     args, out = need_data(), tmp_path_factory.mktemp("explore")
-    done = run_program("explore", *args, "--out-dir", str(out), script=ROOT / "bonus.py")
+    done = run_program("explore", *args, "--out-dir", str(out), script="bonus")
     assert done.returncode == 0, done.stderr
-    return out, json.loads((out / "results_explore.json").read_text()), done
+    return out, results(out, "explore"), done
 
 
 def test_explore_runs_the_ablation_on_validation_only(explore_run):
     out, res, _ = explore_run
-    assert res["n_val"] == 500 and list(res["rows"]) == list(bonus.ablation(bonus.QUICK, 2000))
+    rows = settings.ablation(settings.QUICK, 2000)
+    assert res["n_val"] == 500 and list(res["rows"]) == list(rows)
     assert all("test_acc" not in t for r in res["rows"].values() for t in r["runs"])
     assert len(res["rows"]["recipe"]["runs"]) == 3 and len(res["rows"]["dropout 0.3"]["runs"]) == 2
     assert (out / "figures" / "ablation.png").stat().st_size > 10_000
@@ -213,22 +220,22 @@ def test_explore_runs_the_ablation_on_validation_only(explore_run):
 def test_explore_without_training_reports_the_stored_runs(explore_run):
     out, res, _ = explore_run
     done = run_program("explore", *need_data(), "--out-dir", str(out), "--no-training",
-                       script=ROOT / "bonus.py")
+                       script="bonus")
     assert done.returncode == 0, done.stderr
-    assert "step" not in done.stdout and "kept from bonus.jsonl" in done.stdout
-    again = json.loads((out / "results_explore.json").read_text())
+    assert "step" not in done.stdout and "kept from runs.jsonl" in done.stdout
+    again = results(out, "explore")
     assert again["rows"] == res["rows"] and again["combined"] == res["combined"]
 
 
 @pytest.fixture(scope="module")
 def distil_run(bonus_run, tmp_path_factory):
     """One --quick run of Exercise 5's distillation, in a copy of the recipe's folder (whose
-    runs are its labels-only runs): (folder, results_distil.json, the process)."""
+    runs are its labels-only runs): (folder, distil.json, the process)."""
     out = tmp_path_factory.mktemp("distil")
     shutil.copytree(bonus_run[0], out, dirs_exist_ok=True)
-    done = run_program("distil", *need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    done = run_program("distil", *need_data(), "--out-dir", str(out), script="bonus")
     assert done.returncode == 0, done.stderr
-    return out, json.loads((out / "results_distil.json").read_text()), done
+    return out, results(out, "distil"), done
 
 
 def test_distil_trains_a_teacher_and_tests_it_once(distil_run):
@@ -236,12 +243,12 @@ def test_distil_trains_a_teacher_and_tests_it_once(distil_run):
     t = res["teacher"]
     assert done.stdout.count("teacher epoch") == t["epochs"] == len(t["history"]["val_acc"])
     assert t["val_acc"] == max(t["history"]["val_acc"]) and 0 < t["test_acc"] < 1
-    assert res["scores"]["key"]["views"] == bonus.QUICK.views and res["scores"]["seconds"] > 0
+    assert res["scores"]["key"]["views"] == settings.QUICK.views and res["scores"]["seconds"] > 0
 
 
 def test_distil_chooses_its_setting_on_validation(distil_run):
     _, res, _ = distil_run
-    assert len(res["search"]) == len(bonus.QUICK.distil_grid) + len(bonus.QUICK.distil_refine)
+    assert len(res["search"]) == len(settings.QUICK.distil_grid) + len(settings.QUICK.distil_refine)
     assert all("test_acc" not in r for r in res["search"].values())
     assert res["chosen"] == max(res["search"], key=lambda k: res["search"][k]["val_acc"])
 
@@ -257,18 +264,18 @@ def test_distil_puts_the_recipes_runs_on_the_labels_beside_its_own(distil_run, b
     assert list(res["runs"]) == list(res["labels_only"]) == list(bonus_run[1]["runs"])
     assert [t["test_acc"] for t in res["labels_only"].values()] == [
         t["test_acc"] for t in bonus_run[1]["runs"].values()]
-    assert done.stdout.count("kept from bonus.jsonl") == 4  # the recipe's runs, not retrained
+    assert done.stdout.count("kept from runs.jsonl") == 4  # the recipe's runs, not retrained
     assert res["gain"]["diff"] == pytest.approx(
         np.mean([t["test_acc"] for t in res["runs"].values()]) - res["gain"]["labels_mean"])
 
 
 def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
     out, res, _ = distil_run
-    done = run_program("distil", *need_data(), "--out-dir", str(out), script=ROOT / "bonus.py")
+    done = run_program("distil", *need_data(), "--out-dir", str(out), script="bonus")
     assert done.returncode == 0, done.stderr
-    assert "teacher: kept from bonus.jsonl" in done.stdout and "teacher epoch" not in done.stdout
+    assert "teacher: kept from runs.jsonl" in done.stdout and "teacher epoch" not in done.stdout
     assert "scores of 3 views an image: kept" in done.stdout and "step" not in done.stdout
-    assert json.loads((out / "results_distil.json").read_text())["final"] == res["final"]
+    assert results(out, "distil")["final"] == res["final"]
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +333,6 @@ def test_distil_without_torch_is_a_clear_error(tmp_path):
     (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('No module named torch')\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     done = run_program("distil", *need_data(), "--out-dir", str(tmp_path / "out"), env=env,
-                       script=ROOT / "bonus.py")
+                       script="bonus")
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: bonus.py distil trains its teacher with torch")
+    assert done.stderr.startswith("error: python3 -m bonus distil trains its teacher with torch")
