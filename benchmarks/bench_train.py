@@ -10,7 +10,7 @@ matrix-product peak.
 
 All in one process, on synthetic float32 data of CIFAR's shape (d=3072, K=10), batch 100 and the
 cyclic schedule unless said otherwise. The project's epoch is timed through assignment2.run() (or
-mechanisms.train_network), the code path the program uses: a run of three epochs minus a run of one
+bonus.wide.train_network), the code path the program uses: a run of three epochs minus a run of one
 epoch, halved, so the evaluation passes at the start and the end (the same in both) cancel out.
 torch keeps its default OpenMP settings (its fastest here); after its loop the benchmark pauses for
 a second, so its idle OpenMP threads stop spinning on the cores before numpy's next timing starts.
@@ -29,8 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import assignment2 as a  # noqa: E402
-import bonus  # noqa: E402
-import mechanisms as mech  # noqa: E402
+from bonus import augment, settings, wide  # noqa: E402
 
 
 def synthetic(n, rng, d=a.D):
@@ -40,14 +39,15 @@ def synthetic(n, rng, d=a.D):
 
 
 class SetupClock:
-    """Times the one-time layouts of the training set for augmentation (mechanisms.augment_source,
-    and mechanisms.projected_crops, which uses it), once per run: reported on their own, since they
+    """Times the one-time layouts of the training set for augmentation (augment.augment_source,
+    and augment.projected_crops, which uses it), once per run: reported on their own, since they
     are not in an epoch's time."""
 
-    NAMES = ("projected_crops", "augment_source")
+    NAMES = ((wide, "projected_crops"), (wide, "augment_source"), (augment, "augment_source"))
 
     def __init__(self):
-        self.seconds, self.real, self.depth = 0.0, {n: getattr(mech, n) for n in self.NAMES}, 0
+        self.seconds, self.depth = 0.0, 0
+        self.real = {(m, n): getattr(m, n) for m, n in self.NAMES}
 
     def __enter__(self):
         def timed(real):
@@ -62,13 +62,13 @@ class SetupClock:
                         self.seconds += time.perf_counter() - t0
             return run
 
-        for name, real in self.real.items():
-            setattr(mech, name, timed(real))
+        for (module, name), real in self.real.items():
+            setattr(module, name, timed(real))
         return self
 
     def __exit__(self, *exc):
-        for name, real in self.real.items():
-            setattr(mech, name, real)
+        for (module, name), real in self.real.items():
+            setattr(module, name, real)
 
 
 def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
@@ -76,7 +76,7 @@ def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
     1), each run timed by the trainer's own clock (its update steps, and the evaluation at step 0,
     which cancels), so the one-time augmentation layout is not in it; the layout's seconds per
     run are appended to setups.
-    extra: mechanisms.Extras fields such as flip, shift or optimizer (Exercise 5; plain SGD and no
+    extra: settings.Extras fields such as flip, shift or optimizer (Exercise 5; plain SGD and no
     augmentation unless given)."""
     per_epoch = tr.n // B
     spec = {k: extra.pop(k) for k in ("lam", "eta_max") if k in extra}  # Config's, not Extras'
@@ -84,11 +84,11 @@ def project_epoch(tr, va, m, B, epochs=3, setups=None, basis=None, **extra):
     # one cycle of 2 n_s steps: `epochs` epochs, then 1
     for n_s in (epochs * per_epoch // 2, per_epoch // 2):
         cfg = a.Config(m=m, n_s=n_s, n_batch=B, evals_per_cycle=1, eval_train=False, **spec)
-        x = mech.Extras(**(dict(optimizer="sgd", schedule="cyclic", flip=False, shift=0, pca=0)
+        x = settings.Extras(**(dict(optimizer="sgd", schedule="cyclic", flip=False, shift=0, pca=0)
                             | extra))
         with SetupClock() as setup:
             if extra:
-                _, hist = mech.train_network(tr, va, cfg, x, np.random.default_rng(0), basis,
+                _, hist = wide.train_network(tr, va, cfg, x, np.random.default_rng(0), basis,
                                               log=lambda s: None)
             else:  # the spec's trainer, as the program runs it
                 _, hist = a.run(tr, va, cfg, np.random.default_rng(0), log=lambda s: None)
@@ -181,7 +181,7 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
     import torch
 
     g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
-    windows = mech.augment_source(np.ascontiguousarray(tr.X.T), True, shift)
+    windows = augment.augment_source(np.ascontiguousarray(tr.X.T), True, shift)
     U, y, k = torch.from_numpy(basis), torch.from_numpy(tr.y), basis.shape[1]
     V = (torch.randn(m, k, generator=g) / math.sqrt(k)).requires_grad_()
     W2 = (torch.randn(a.K, m, generator=g) / math.sqrt(m)).requires_grad_()
@@ -195,7 +195,7 @@ def torch_recipe_epoch(tr, m, B, basis, lam, eta, shift, optimizer="nesterov"):
     for t in range(per_epoch):
         idx = perm[t * B : (t + 1) * B]
         f, (oy, ox) = rng.integers(0, 2, B), rng.integers(0, 2 * shift + 1, (2, B))
-        Xb = torch.from_numpy(mech.augmented_batch(windows, idx, f, oy, ox)) @ U  # (B, k)
+        Xb = torch.from_numpy(augment.augmented_batch(windows, idx, f, oy, ox)) @ U  # (B, k)
         S = torch.relu(Xb @ V.T + b1) @ W2.T + b2  # (B, K)
         loss = torch.nn.functional.cross_entropy(S, y[idx])
         opt.zero_grad()
@@ -216,11 +216,11 @@ def recipe_ratio(repeats, m=4096, k=512, n=20000, B=None, lam=2.5e-4, shift=3,
     import torch
 
     torch.set_num_threads(2)
-    e = bonus.Exercise5()
+    e = settings.Exercise5()
     B = B or e.batch
     rng = np.random.default_rng(0)
     tr, va = synthetic(n, rng), synthetic(1000, rng)
-    basis = mech.pca_basis(np.ascontiguousarray(tr.X.T), k, mirror=True)  # (d, k), once for both
+    basis = augment.pca_basis(np.ascontiguousarray(tr.X.T), k, mirror=True)  # (d, k), once for both
     eta = e.eta if optimizer == "adam" else e.nesterov_eta
     cfg = dict(pca=k, flip=True, shift=shift, optimizer=optimizer, schedule="linear", lam=lam)
     ours, at100, theirs = [], [], []
@@ -287,7 +287,7 @@ def main(argv=None):
     p.add_argument("--optimizer", choices=["nesterov", "adam"], default="adam",
                    help="the optimiser for --recipe (default: adam, the recipe's)")
     p.add_argument("--batch", type=int, default=None,
-                   help="batch size for --recipe (default: the recipe's, bonus.Exercise5.batch)")
+                   help="batch size for --recipe (default: the recipe's, settings.Exercise5.batch)")
     args = p.parse_args(argv)
     if args.augment:
         return augment_ratio(args.repeats)
