@@ -5,8 +5,7 @@ import time
 from pathlib import Path
 
 import assignment2 as a
-from bonus import outputs, settings, steps
-from bonus.experiment import Experiment
+from bonus import settings
 
 HERE = Path(__file__).resolve().parents[1]  # the project folder: results and figures go there
 
@@ -27,8 +26,9 @@ def parse_args(argv=None, doc: str = "") -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_step(ex: Experiment, step: str, train: bool) -> None:
+def run_step(ex, step: str, train: bool) -> None:
     """The step's runs, then its results files (explore writes its own as its runs finish)."""
+    from bonus import outputs, steps  # after require(): they import numba
     if step == "explore":
         steps.explore(ex, train=train)
         return
@@ -41,7 +41,8 @@ def main(argv=None, doc: str = "") -> int:
     args, out = parse_args(argv, doc), None
     try:
         a.on_signals()
-        a.require("matplotlib", *(["torch"] if args.step == "distil" else []))
+        a.require("matplotlib", "numba", *(["torch"] if args.step == "distil" else []))
+        from bonus.experiment import Experiment
         a.folder_name("--out-dir", args.out_dir)
         data_dir = a.data_folder(args.data_dir)
         out = Path(args.out_dir or (HERE / "runs" / "bonus-quick" if args.quick else HERE))

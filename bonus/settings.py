@@ -74,14 +74,26 @@ def recipe(e: Exercise5, n_train: int, epochs: int | None = None) -> tuple:
 
 def ablation(e: Exercise5, n_train: int) -> dict:
     """One change per row: {name: (Config, Extras, the row it is measured against)}. The rows
-    train for e.ablation_epochs against the recipe at that budget; then the recipe and three
-    of the rows again at its own budget, e.epochs, to see whether the ordering holds there."""
-    e = replace(e, lam=e.ablation_lam)  # the rows as planned, before lam was chosen from them
+    of short_rows train for e.ablation_epochs against the recipe at that budget; then the
+    recipe and three of the rows again at its own budget, e.epochs, to see whether the
+    ordering holds there. The rows are as planned, before lam was chosen from them."""
+    e = replace(e, lam=e.ablation_lam)
+    base, rows, again = short_rows(e, n_train)
+    out = {name: (c, y, base) for name, (c, y) in rows.items()}
+    full = recipe(e, n_train)
+    out["recipe"] = (*full, "recipe")
+    for name in again:
+        c, y, _ = out[name]
+        out[f"{name}, {e.epochs} epochs"] = (replace(full[0], lam=c.lam), y, "recipe")
+    return out
 
-    def at(epochs, scale=1.0):
-        return recipe(e, n_train, round(epochs * scale))
 
-    cfg, x = at(e.ablation_epochs)
+def short_rows(e: Exercise5, n_train: int) -> tuple:
+    """(the name of the recipe row at e.ablation_epochs, {name: (Config, Extras)} of it and of
+    one change each, the names of the rows trained again at e.epochs)."""
+    def at(scale=1.0):
+        return recipe(e, n_train, round(e.ablation_epochs * scale))
+    cfg, x = at()
     total, per_100 = 2 * cfg.n_s, n_train // 100  # update steps; steps of an epoch at batch 100
     cyclic = replace(cfg, eta_max=e.cyclic_eta, n_s=total // (2 * e.cycles), n_cycles=e.cycles,
                      evals_per_cycle=max(1, e.points // e.cycles))
@@ -106,15 +118,9 @@ def ablation(e: Exercise5, n_train: int) -> dict:
             **({f"{e.pca // 2} directions": (cfg, replace(x, pca=e.pca // 2)),
                 f"{e.pca * 3 // 2} directions": (cfg, replace(x, pca=e.pca * 3 // 2))}
                if e.pca else {}),
-            f"{round(e.ablation_epochs / 2)} epochs": (at(e.ablation_epochs, 0.5)[0], x),
-            f"{round(e.ablation_epochs * 1.5)} epochs": (at(e.ablation_epochs, 1.5)[0], x)}
-    out = {name: (c, y, base) for name, (c, y) in rows.items()}
-    full = recipe(e, n_train)
-    out["recipe"] = (*full, "recipe")
-    for name in ("no augmentation", lam4, lam16):
-        c, y, _ = out[name]
-        out[f"{name}, {e.epochs} epochs"] = (replace(full[0], lam=c.lam), y, "recipe")
-    return out
+            f"{round(e.ablation_epochs / 2)} epochs": (at(0.5)[0], x),
+            f"{round(e.ablation_epochs * 1.5)} epochs": (at(1.5)[0], x)}
+    return base, rows, ("no augmentation", lam4, lam16)
 
 
 def epochs_of(cfg: a.Config, n_train: int) -> float:
