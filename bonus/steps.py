@@ -33,7 +33,7 @@ def run_recipe(ex: Experiment) -> dict:
     ex.log(f"the top {x.pca} principal directions hold {100 * kept:.2f}% of the variance")
     res = final_networks(ex, "recipe", cfg, x, splits)
     outputs.plot_minutes(list(res["runs"].values())[:e.members], list(res["combined"].values()),
-                 ex.out_dir / "figures" / "bonus_minutes.png")
+                         ex.out_dir / "figures" / "bonus_minutes.png")
     raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
     outputs.plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
     return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
