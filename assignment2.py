@@ -90,6 +90,10 @@ def check_config(cfg: Config, n_train: int) -> None:
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR_MD5S = dict(zip(CIFAR_FILES, (  # each batch's published MD5, the sums torchvision checks
+    "c99cafc152244af753f735de768cd75f", "d4bba439e000b95fd0a9bffe97cbabec",
+    "54ebc095f3ab1f0389bbae665268c751", "634d18415352ddfa80567beed471001a",
+    "482c414d41f54cd18b22e5b47cb7c3cb", "40351d587109b95175f43aff81a1287e")))
 MAX_BATCH_BYTES = 1 << 28  # an official batch file is 31 MB
 
 
@@ -755,12 +759,28 @@ def folder_lock(folder: Path):
         os.close(fd)
 
 
-def identity(seed: int, quick: bool, dtype: str, data_dir: Path) -> dict:
-    """What a run is: seed, sizes, dtype and data (a hash of the batch files)."""
-    h = hashlib.sha256()
+def data_source(data_dir: Path) -> tuple[dict, list]:
+    """The data of a run from one read of each batch file: {"data": a hash of the files,
+    "data_official": whether each file's MD5 is the published one}, and the files whose is not."""
+    h, other = hashlib.sha256(), []
     for f in CIFAR_FILES:
-        h.update(hashlib.sha256((data_dir / f).read_bytes()).digest())
-    return {"seed": seed, "quick": quick, "dtype": dtype, "data": h.hexdigest()[:16]}
+        md5 = hashlib.md5((data_dir / f).read_bytes()).hexdigest()  # one hash of 180 MB, not two
+        h.update(md5.encode())
+        other += [f] if md5 != CIFAR_MD5S[f] else []
+    return {"data": h.hexdigest()[:16], "data_official": not other}, other
+
+
+def source_line(data_dir: Path, other: list) -> str:
+    """The line a run starts with: which data it reads (other: data_source's files)."""
+    if not other:
+        return f"data: {data_dir}: the official CIFAR-10 (every batch's MD5 is the published one)"
+    return (f"data: {data_dir}: not the official CIFAR-10 ({', '.join(other)}: MD5 differs "
+            f"from the published one); running on it as it is")
+
+
+def identity(seed: int, quick: bool, dtype: str, data: dict) -> dict:
+    """What a run is: seed, sizes, dtype and data (data_source's dict)."""
+    return {"seed": seed, "quick": quick, "dtype": dtype, **data}
 
 
 def run_name(run: dict) -> str:
@@ -1011,7 +1031,8 @@ def pct(acc) -> str:
 
 def format_results(res: dict, timings: dict) -> str:
     """results.txt: the numbers of results.json for people."""
-    out = [f"DD2424 Assignment 2 results ({run_name(res)})", ""]
+    official = "the official CIFAR-10" if res.get("data_official") else "not the official files"
+    out = [f"DD2424 Assignment 2 results ({run_name(res)}; data: {official}, MD5 checked)", ""]
     for r in res.get("gradcheck", {}).get("rows", []):
         out.append(f"gradcheck d={r['d']:<4} n={r['n']:<3} m={r['m']:<3} lam={r['lam']:<5} "
                    f"{r['param']}: rel error vs torch {r['vs_torch']:.2e}, vs finite "
@@ -1106,7 +1127,9 @@ def folders(args) -> tuple[Path, Path, dict]:
     home = Path(__file__).resolve().parent
     folder_name("--out-dir", args.out_dir)
     data_dir = data_folder(args.data_dir)
-    run = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data_dir)
+    data, other = data_source(data_dir)
+    print(source_line(data_dir, other), flush=True)
+    run = identity(args.seed, args.quick, "float64" if args.float64 else "float32", data)
     out = Path(args.out_dir) if args.out_dir else (
         home / "runs" / run_name(run) if args.quick else home)
     if out.exists() and not out.is_dir():

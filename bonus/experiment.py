@@ -44,6 +44,8 @@ class Experiment:
         self.results, self.models = out_dir / RESULTS, out_dir / MODELS
         self.trials = store.Trials(self.results / "runs.jsonl", trial_problem, log)
         self.data = None  # ((train, val, test), their fingerprint), set by splits()
+        self.source, other = a.data_source(data_dir)  # the files: official or not, in results
+        log(a.source_line(data_dir, other))
         self.cache = {}  # the bases of the splits, and the projected crops of the last trial
 
     def splits(self, n_val: int) -> tuple:

@@ -75,10 +75,17 @@ def plot_augmentation(XT: np.ndarray, path: Path, shift: int) -> None:
     a.save_figure(fig, path)
 
 
+def data_line(res: dict) -> str:
+    official = res.get("data_official")
+    return f"data {res.get('data')}: " + ("the official CIFAR-10 (MD5 of every batch checked)"
+                                           if official else "not the official CIFAR-10 files")
+
+
 def format_recipe(res: dict) -> str:
     """recipe.txt: the recipe's numbers for people."""
     pct, r = a.pct, res["recipe"]
     out = [f"Exercise 5: the recipe, {res['n_train']} training / {res['n_val']} validation images",
+           data_line(res),
            f"one network: m={r['m']}, W1 in the top {r['pca']} principal directions "
            f"({100 * res['pca_variance_kept']:.2f}% of the variance), lam={r['lam']:g}, "
            f"{r['optimizer']}, eta {r['eta_max']:g} falling linearly to 0 over {res['epochs']} "
@@ -107,6 +114,7 @@ def format_explore(res: dict) -> str:
     pooled = res.get("pooled_std")
     out = [f"Exercise 5's ablation: {res['n_train']} training / {res['n_val']} validation images, "
            f"one change per row; validation accuracy (%) over the seeds of each row",
+           data_line(res),
            f"standard error of a difference from the spread of one run, pooled over the rows: "
            f"{pts(pooled)} points ({res.get('pooled_dof', 0)} degrees of freedom)", "",
            f"{'row':<34} {'epochs':>6} {'runs':>4} {'mean':>6} {'+-std':>6} {'diff':>6} "
@@ -133,6 +141,7 @@ def format_distil(res: dict) -> str:
     pct, t = a.pct, res["teacher"]
     out = [f"Exercise 5: the recipe's network trained on a convolutional teacher's scores, "
            f"{res['n_train']} training / {res['n_val']} validation images",
+           data_line(res),
            f"teacher: width {t['width']}, {t['epochs']} epochs; val acc {pct(t['val_acc'])} "
            f"(epoch {t['epoch']}), test acc {pct(t['test_acc'])}, {t['seconds'] / 60:.1f} "
            f"minutes; its scores of {res['scores']['key']['views']} views of every training "

@@ -36,7 +36,7 @@ def run_recipe(ex: Experiment) -> dict:
                          ex.out_dir / "figures" / "bonus_minutes.png")
     raw = a.load_batch(ex.data_dir / "data_batch_1").X[:, :8].T
     outputs.plot_augmentation(raw, ex.out_dir / "figures" / "augmentation.png", x.shift)
-    return {"n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
+    return {**ex.source, "n_train": tr.n, "n_val": va.n, "pca_variance_kept": kept,
             "recipe": asdict(cfg) | asdict(x), "epochs": e.epochs, "members": e.members} | res
 
 
@@ -93,7 +93,7 @@ def explore(ex: Experiment, train: bool = True) -> dict:
     tr, va, _ = splits
     rows = ablation(ex.e, tr.n)
     cfg, x, _ = rows["recipe"]
-    res = {"n_train": tr.n, "n_val": va.n, "epochs": ex.e.epochs,
+    res = {**ex.source, "n_train": tr.n, "n_val": va.n, "epochs": ex.e.epochs,
            "ablation_epochs": ex.e.ablation_epochs, "recipe": asdict(cfg) | asdict(x),
            "rows_planned": list(rows), "rows": {}}
     res |= summary(res["rows"])  # what a results file of no runs yet says
@@ -176,7 +176,8 @@ def run_distil(ex: Experiment) -> dict:
     final_cfg, d = student(search[chosen], splits[0].n)
     res = final_networks(ex, "distil", final_cfg, x, splits, teach=d)
     seconds = teacher["seconds"] + scored["seconds"] + sum(t["seconds"] for t in search.values())
-    return {"n_train": splits[0].n, "n_val": splits[1].n, "recipe": asdict(cfg) | asdict(x),
+    return {**ex.source, "n_train": splits[0].n, "n_val": splits[1].n,
+            "recipe": asdict(cfg) | asdict(x),
             "student": asdict(final_cfg), "epochs": epochs_of(final_cfg, splits[0].n),
             "gradcheck": distil.distillation_gradcheck(np.random.default_rng(ex.seed)),
             "members": e.members, "teacher": clean(teacher) | asdict(tc),

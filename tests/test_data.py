@@ -366,3 +366,22 @@ def test_a_stale_partial_download_is_never_reused(tmp_path):
         "cifar-10-batches-py",
         "cifar-10-batches-py.part",
     ]
+
+
+def test_the_shared_files_are_the_official_cifar10(shared_data):
+    data, other = a.data_source(shared_data)
+    assert data["data_official"] is True and other == []
+    assert "the official CIFAR-10" in a.source_line(shared_data, other)
+
+
+def test_a_copy_with_one_byte_changed_is_named_in_the_line_and_not_official(shared_data, tmp_path):
+    for f in FILES:
+        (tmp_path / f).symlink_to(shared_data / f)
+    raw = bytearray((shared_data / "test_batch").read_bytes())
+    raw[-200] ^= 1  # one pixel, one grey level
+    (tmp_path / "test_batch").unlink()
+    (tmp_path / "test_batch").write_bytes(bytes(raw))
+    data, other = a.data_source(tmp_path)
+    assert data["data_official"] is False and other == ["test_batch"]
+    assert "not the official CIFAR-10 (test_batch" in a.source_line(tmp_path, other)
+    assert data["data"] != a.data_source(shared_data)[0]["data"]

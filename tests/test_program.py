@@ -117,6 +117,20 @@ def test_quick_run_measures_every_step(quick_run):
     assert res["overfit"]["loss"] < 0.05
 
 
+def test_a_run_says_first_that_it_reads_the_official_files(quick_run):
+    _, res, done = quick_run
+    assert res["data_official"] is True
+    assert done.stdout.startswith(f"data: {SHARED_DATA}: the official CIFAR-10")
+
+
+def test_a_run_on_other_files_runs_and_says_they_are_not_official(quick_cifar, tmp_path):
+    done = run_program("--quick", "--data-dir", str(quick_cifar), "--out-dir", str(tmp_path),
+                       "gradcheck")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"data: {quick_cifar}: not the official CIFAR-10 (data_batch_1")
+    assert json.loads((tmp_path / "results.json").read_text())["data_official"] is False
+
+
 def test_quick_run_writes_its_figures_text_and_timings(quick_run):
     out, _, _ = quick_run
     figures = {p.name for p in (out / "figures").glob("*.png")}
@@ -164,6 +178,12 @@ def test_bonus_trains_and_tests_every_run(bonus_run):
     assert res["recipe"]["pca"] == settings.QUICK.pca and res["recipe"]["optimizer"] == "adam"
     assert len((out / "bonus" / "results" / "runs.jsonl").read_text().splitlines()) == 4
     assert len(list((out / "bonus" / "models").glob("*.npz"))) == 4
+
+
+def test_bonus_results_say_which_data_they_were_made_on(bonus_run):
+    out, res = bonus_run
+    assert res["data_official"] is True
+    assert "the official CIFAR-10" in (out / "bonus" / "results" / "recipe.txt").read_text()
 
 
 def test_the_program_keys_its_runs_with_the_probe_an_import_computes(bonus_run):
