@@ -787,12 +787,14 @@ def run_name(run: dict) -> str:
     return f"{'quick' if run['quick'] else 'full'}-seed{run['seed']}-{run['dtype']}-{run['data']}"
 
 
-RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", "figures", "report/report.pdf")
+FIGURES = tuple(f"figures/{k}.png" for k in ("fig3", "fig4", "coarse", "fine", "final"))
+# a run's outputs, the report built from them included; figures/ holds Exercise 5's too
+RUN_OUTPUTS = ("results.json", "results.txt", "timings.json", *FIGURES, "report/report.pdf")
 
 
 def check_out_dir(folder: Path) -> None:
     """Refuse an output folder this run could not finish in, before anything trains."""
-    for name in RUN_OUTPUTS[:4]:  # what this program writes (the report is python3 -m report's)
+    for name in ("figures", *RUN_OUTPUTS[:-1]):  # what this program writes, not the report
         kind, ok = ("a folder", Path.is_dir) if name == "figures" else ("a file", Path.is_file)
         if (folder / name).exists() and not ok(folder / name):
             raise StateError(f"{folder / name}: not {kind}; move it away or pass another "
@@ -813,8 +815,7 @@ def open_run(folder: Path, run: dict, replace_old: bool) -> dict:
     known = isinstance(res, dict) and all(k in res for k in run)
     if known and all(res[k] == v for k, v in run.items()):
         return res
-    there = [n for n in RUN_OUTPUTS if (folder / n).exists()
-             and not ((folder / n).is_dir() and not any((folder / n).iterdir()))]  # not empty
+    there = [n for n in RUN_OUTPUTS if (folder / n).exists()]
     if not there:
         return {}
     what = (f"the results of another run ({run_name(res)})" if known else

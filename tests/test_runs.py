@@ -71,7 +71,19 @@ def test_replace_moves_the_earlier_run_aside_and_keeps_it_readable(quick_run, tm
     assert json.loads((old / "results.json").read_text()) == first
     assert (old / "figures" / "fig3.png").is_file() and (old / "timings.json").is_file()
     new = json.loads((out / "results.json").read_text())
-    assert new["seed"] == 1 and set(new) - {"seed", "quick", "dtype", "data"} == {"fig3"}
+    identity = {"seed", "quick", "dtype", "data", "data_official"}
+    assert new["seed"] == 1 and set(new) - identity == {"fig3"}
+
+
+def test_replace_leaves_the_figures_of_exercise_5_where_they_are(quick_run, tmp_path):
+    out, shared = copy_run(quick_run, tmp_path)
+    (out / "figures" / "ablation.png").write_bytes(b"Exercise 5's")
+    done = run_program("fig3", "--quick", "--data-dir", str(shared), "--out-dir", str(out),
+                       "--seed", "1", "--replace")
+    assert done.returncode == 0, done.stderr
+    [old] = (out / "replaced").iterdir()
+    assert (out / "figures" / "ablation.png").read_bytes() == b"Exercise 5's"
+    assert not (old / "figures" / "ablation.png").exists() and (old / "figures" / "fine.png").exists()
 
 
 def test_a_step_of_the_same_run_keeps_every_other_result(quick_run, tmp_path):
