@@ -123,6 +123,25 @@ def short_rows(e: Exercise5, n_train: int) -> tuple:
     return base, rows, ("no augmentation", lam4, lam16)
 
 
+def parts(e: Exercise5) -> dict:
+    """The rows of the ablation that take one part of the recipe away: {row: that part}. Minus
+    a row's difference to its recipe row is what the part brings."""
+    half, lam = round(e.ablation_epochs / 2), e.ablation_lam
+    out = {"no augmentation": "mirroring and shifts",
+           "mirroring only": f"shifts of up to {e.shift} px, beside mirroring",
+           f"shifts only (+-{e.shift} px)": "mirroring, beside shifts",
+           "cyclic SGD (eqs. 14-15), not Adam": "Adam, eta falling linearly, not cyclic SGD",
+           "Nesterov momentum, not Adam": "Adam, not Nesterov momentum",
+           f"m={e.m // 2}": f"m={e.m}, not {e.m // 2}",
+           "batch 100 (eta / 2)": f"batches of {e.batch}, not 100",
+           f"{half} epochs": f"{e.ablation_epochs} epochs, not {half}",
+           f"lam x 4 ({lam * 4:g})": f"lam={lam:g}, not {lam * 4:g}"}
+    if e.pca:
+        out[f"{e.pca // 2} directions"] = f"{e.pca} principal directions, not {e.pca // 2}"
+    return out | {f"{row}, {e.epochs} epochs": f"{part} (at {e.epochs} epochs)"
+                  for row, part in out.items()}
+
+
 def epochs_of(cfg: a.Config, n_train: int) -> float:
     """The budget of a run in epochs of n_train images."""
     return round(2 * cfg.n_s * cfg.n_cycles / (n_train // cfg.n_batch), 2)

@@ -21,7 +21,7 @@ from bonus.augment import (
     views,
 )
 from bonus.experiment import Experiment
-from bonus.settings import ablation, epochs_of, recipe
+from bonus.settings import ablation, epochs_of, parts, recipe
 
 
 def run_recipe(ex: Experiment) -> dict:
@@ -111,6 +111,7 @@ def explore(ex: Experiment, train: bool = True) -> dict:
             row["runs"].append(clean(t))
             res["rows"] = {n: res["rows"][n] for n in rows if n in res["rows"]}  # as planned
             res |= summary(res["rows"])
+            res["gains"] = gains(res["rows"], parts(ex.e))
             outputs.save(ex.results, "explore", res, outputs.format_explore)
             outputs.plot_ablation(res, ex.out_dir / "figures" / "ablation.png")
     res["views"] = [{"seed": t["seed"], "val_acc_views": t["val_acc_views"]} for t in recipe_runs]
@@ -144,6 +145,15 @@ def summary(rows: dict) -> dict:
                                                                             + 1 / len(ref))
     seconds = sum(t.get("seconds", 0) for r in rows.values() for t in r["runs"])
     return {"pooled_std": pooled, "pooled_dof": dof, "train_seconds": round(seconds, 1)}
+
+
+def gains(rows: dict, named: dict) -> list:
+    """What each part of the recipe brings, largest first: minus the difference of the row that
+    takes it away (named: settings.parts), with that difference's standard error, at the budget
+    of the recipe row it is measured against."""
+    out = [{"part": named[n], "row": n, "epochs": rows[r["against"]]["epochs"], "gain": -r["diff"],
+            "se": r["se"]} for n, r in rows.items() if n in named and r["diff"] is not None]
+    return sorted(out, key=lambda g: -g["gain"])
 
 
 def clean(trial: dict) -> dict:

@@ -502,6 +502,26 @@ def test_the_summary_pools_the_spread_of_one_run():
     assert rows["recipe"]["diff"] is None and rows["recipe"]["std"] == pytest.approx(0.01)
 
 
+def test_the_gains_are_the_parts_taken_away_largest_first():
+    def row(diff, se=0.004, epochs=70):
+        return {"against": "recipe", "epochs": epochs, "diff": diff, "se": se}
+    rows = {"recipe": row(None, None), "no augmentation": row(-0.10),
+            "dropout 0.3": row(-0.20),  # added to the recipe, not taken away
+            "m=2048": row(0.01), "mirroring only": row(-0.07), "35 epochs": row(-0.02, epochs=35)}
+    out = steps.gains(rows, st.parts(st.Exercise5()))
+    assert [g["row"] for g in out] == ["no augmentation", "mirroring only", "35 epochs", "m=2048"]
+    assert [g["gain"] for g in out] == [0.10, 0.07, 0.02, -0.01] and out[0]["se"] == 0.004
+    assert out[2]["epochs"] == 70  # the budget of the recipe row it is measured against
+    assert out[0]["part"] == "mirroring and shifts"
+
+
+def test_every_part_names_a_row_of_the_ablation():
+    e, again = st.Exercise5(), ", 140 epochs"  # a part's row at the full budget, where run
+    rows, named = st.ablation(e, 45000), st.parts(e)
+    assert {n for n in named if not n.endswith(again)} <= set(rows)
+    assert "no augmentation" + again in named and "no augmentation" + again in rows
+
+
 def test_test_time_views_are_the_moved_and_mirrored_images():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((a.D, 6)).astype(np.float32)
