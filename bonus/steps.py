@@ -258,27 +258,64 @@ def teacher_trial(ex: Experiment, tc) -> tuple:
 
 def teacher_scores(ex: Experiment, net, teacher: dict, tc, x) -> tuple:
     """(views (n, V, 3), the teacher's scores of them (n, V, K), their key and seconds): e.views
-    views of every training image, the plain one first (distil.target_views), scored once and
-    kept in bonus/models/ under the key of the teacher, the views and their probe."""
+    views of every training image, the plain one first (distil.target_views), scored once (in
+    chunks, resumable) and kept in bonus/models/ under the key of the teacher, the views and
+    their probe."""
     tch, tr, V = teacher_module(), ex.data[0][0], ex.e.views
     key = {"teacher": store.run_name(teacher["key"]), "views": V, "flip": x.flip,
            "shift": x.shift, "seed": ex.seed, "probe": ex.probes.scores(tc, x, V)}
     path = ex.weights_file(key, "scores-")
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                views_, scores, seconds = f["views"], f["scores"], float(f["seconds"])
-            if views_.shape != (tr.n, V, 3) or scores.shape != (tr.n, V, a.K):
-                raise ValueError("its arrays do not fit the training images")
-            ex.log(f"the teacher's scores of {V} views an image: kept from {path.name}")
-            return views_, scores, {"key": key, "seconds": seconds}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            store.set_aside(path, f"not a readable file of scores ({e}); scoring again", ex.log)
+    if kept := stored_scores(path, (tr.n, V), ex.log):
+        return (*kept[:2], {"key": key, "seconds": kept[2]})
     views_ = distil.target_views(tr.n, V, x, np.random.default_rng([ex.seed, 19]))
-    t0 = time.perf_counter()
-    scores = tch.teacher_logits(net, tr.X, views_, x.shift)
-    seconds = round(time.perf_counter() - t0, 1)
+    progress = path.with_suffix(".progress.npz")
+    scores, seconds = score_views(lambda i, j: tch.teacher_logits(
+        net, tr.X[:, i:j], views_[i:j], x.shift), (tr.n, V), (progress, key), ex.log)
     ex.log(f"the teacher scored {V} views of {tr.n} images in {seconds:.0f} s")
     with a.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, views=views_, scores=scores, seconds=np.array(seconds))
+    progress.unlink(missing_ok=True)
     return views_, scores, {"key": key, "seconds": seconds}
+
+
+def stored_scores(path, shape: tuple, log) -> tuple | None:
+    """(views, scores, seconds) of a scores file of `shape` (n, V), else None; a damaged one is
+    set aside."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            views_, scores, seconds = f["views"], f["scores"], float(f["seconds"])
+        if views_.shape != (*shape, 3) or scores.shape != (*shape, a.K):
+            raise ValueError("its arrays do not fit the training images")
+        log(f"the teacher's scores of {shape[1]} views an image: kept from {path.name}")
+        return views_, scores, seconds
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        store.set_aside(path, f"not a readable file of scores ({e}); scoring again", log)
+        return None
+
+
+def score_views(score, shape: tuple, progress: tuple, log, chunk: int = 500,
+                every: float = 60.0) -> tuple:
+    """The teacher's scores (n, V, K) float16 of the views of n images, score(i, j) giving those
+    of images i..j-1, in chunks; progress = (path, key): the scores so far saved there every
+    `every` seconds, so that scoring cut short goes on from there. (scores, seconds)."""
+    (n, V), (path, key) = shape, progress
+    out = np.empty((n, V, a.K), np.float16)  # (n, V, K)
+    saved = store.load_progress(path, key, {"scores": out}, lambda m, z: None if type(
+        m.get("done")) is int and 0 < m["done"] <= n else "its count is not plausible", log)
+    done, seconds = (saved[0]["done"], saved[0]["seconds"]) if saved else (0, 0.0)
+    if saved:
+        out[:done] = saved[1]["scores"][:done]
+        log(f"the teacher's scores: resumed after {done} of {n} images from {path.name}")
+    last = time.perf_counter()
+    for i in range(done, n, chunk):
+        t0 = time.perf_counter()
+        out[i:i + chunk] = score(i, min(n, i + chunk))
+        seconds, done = seconds + time.perf_counter() - t0, min(n, i + chunk)
+        if time.perf_counter() - last > every and done < n:
+            store.save_progress(path, key, {"done": done, "seconds": seconds}, {"scores": out})
+            log(f"the teacher scored {done}/{n} images, {V} views each | {seconds:.0f} s, "
+                f"{seconds / done * (n - done):.0f} s left")
+            last = time.perf_counter()
+    return out, round(seconds, 1)

@@ -11,6 +11,7 @@ import assignment2 as a
 from bonus import augment as aug
 from bonus import distil as dist
 from bonus import settings as st
+from bonus import steps
 from bonus import teacher as T
 
 
@@ -199,3 +200,21 @@ def test_the_batch_norms_shifts_learn_faster_with_the_same_decay():
     assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in bn}
     assert (shifts["scale"], rest["scale"]) == (8.0, 1.0)
     assert shifts["scale"] * shifts["weight_decay"] == pytest.approx(rest["weight_decay"])
+
+
+def test_scoring_cut_short_resumes_and_scores_each_image_once(tmp_path):
+    full = np.random.default_rng(0).standard_normal((23, 4, a.K)).astype(np.float16)
+    asked = []
+
+    def score(i, j, stop_at=None):
+        if i == stop_at:
+            raise KeyboardInterrupt
+        asked.append((i, j))
+        return full[i:j]
+    progress, log = (tmp_path / "scores-x.progress.npz", {"views": 4}), lambda s: None
+    with pytest.raises(KeyboardInterrupt):
+        steps.score_views(lambda i, j: score(i, j, stop_at=15), (23, 4), progress, log, chunk=5,
+                          every=0.0)
+    assert asked == [(0, 5), (5, 10), (10, 15)]
+    out, _ = steps.score_views(score, (23, 4), progress, log, chunk=5, every=0.0)
+    assert asked[3:] == [(15, 20), (20, 23)] and np.array_equal(out, full)
