@@ -29,9 +29,30 @@ def distillation_targets(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
     return Y + alpha * (P - T * (P_T - a.softmax(Zt / T)))
 
 
+def centred(S: np.ndarray) -> np.ndarray:
+    """Scores less their mean over the classes (K, B): what a softmax sees of them."""
+    return S - np.mean(S, axis=0, keepdims=True)
+
+
+def logit_targets(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """The targets Y (K, B) whose P - Y is dL/dS for the squared error on centred scores (Ba &
+    Caruana 2014, Urban et al. 2017) beside the labels,
+        L = (1 - alpha) CE(y, P) + alpha / 2 |c(S) - c(Zt)|^2,    c: centred,
+    so dL/dS = (1 - alpha)(P - Y_y) + alpha (c(S) - c(Zt)), c(S) = c(log P) (log P is S less a
+    constant per column)."""
+    Y = np.zeros_like(P)  # (K, B)
+    Y[y, np.arange(y.size)] = 1 - alpha
+    S_c = centred(np.log(np.maximum(P, np.finfo(P.dtype).tiny)))  # (K, B)
+    return Y + alpha * (P - (S_c - centred(Zt)))
+
+
 def distillation_loss(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
-                      alpha: float) -> float:
-    """L of distillation_targets, averaged over the columns (for the gradient checks)."""
+                      alpha: float, loss: str = "softmax") -> float:
+    """L of distillation_targets (loss "softmax") or logit_targets ("logits"), averaged over
+    the columns (for the gradient checks)."""
+    if loss == "logits":
+        sq = np.mean(np.sum((centred(np.log(P)) - centred(Zt)) ** 2, axis=0))
+        return float((1 - alpha) * a.cross_entropy(P, y) + alpha / 2 * sq)
     P_T = a.softmax(np.log(P) / T)  # (K, B)
     Q_T = a.softmax(Zt / T)  # (K, B)
     return float((1 - alpha) * a.cross_entropy(P, y)
@@ -44,16 +65,20 @@ class Distillation:
     random_views gives them). per_view: each step trains on one of an image's V views, drawn
     uniformly, against the teacher's scores of that view; else on any view, as random_views
     draws it for x, against the teacher's mean over the V views (softmax averaged, at T = 1).
-    T, alpha: distillation_targets'. key: what made the scores; the run's key holds it."""
+    T, alpha: distillation_targets'; loss "logits": logit_targets' instead (T unused). key:
+    what made the scores; the run's key holds it."""
 
     def __init__(self, views: np.ndarray, scores: np.ndarray, x: Extras, T: float,
-                 alpha: float, per_view: bool, key: dict):
-        if not (T > 0 and 0 <= alpha <= 1):
-            raise a.ConfigError(f"invalid distillation settings: T={T!r}, alpha={alpha!r}")
+                 alpha: float, per_view: bool, key: dict, loss: str = "softmax"):
+        if not (T > 0 and 0 <= alpha <= 1 and loss in ("softmax", "logits")):
+            raise a.ConfigError(f"invalid distillation settings: T={T!r}, alpha={alpha!r}, "
+                                f"loss={loss!r}")
         self.views, self.x, self.T, self.alpha, self.per_view = views, x, T, alpha, per_view
+        self.loss = loss
         self.scores = (scores if per_view else  # (n, V, K), or the mean: (n, K)
                        np.log(np.mean(a.softmax(scores.astype(np.float64).T), axis=1)).T)
-        self.key = {"scores": key, "T": T, "alpha": alpha, "per_view": per_view}
+        self.key = {"scores": key, "T": T, "alpha": alpha, "per_view": per_view} | (
+            {"loss": loss} if loss != "softmax" else {})  # the runs before the option keep theirs
 
     def draw(self, idx: np.ndarray, rng) -> tuple:
         """(f, oy, ox) of the images idx to train on, and the teacher's scores of them (K, B)."""
@@ -67,9 +92,12 @@ class Distillation:
         """The same targets from random scores of as many views of n images (bonus.keys)."""
         chosen = target_views(n, self.views.shape[1], self.x, rng)  # (n, V, 3)
         scores = (3 * rng.standard_normal((*chosen.shape[:2], a.K))).astype(np.float16)
-        return Distillation(chosen, scores, self.x, self.T, self.alpha, self.per_view, None)
+        return Distillation(chosen, scores, self.x, self.T, self.alpha, self.per_view, None,
+                            self.loss)
 
     def targets(self, P: np.ndarray, y: np.ndarray, Zt: np.ndarray) -> np.ndarray:
+        if self.loss == "logits":
+            return logit_targets(P, Zt.astype(P.dtype), y, self.alpha)
         return distillation_targets(P, Zt.astype(P.dtype), y, self.T, self.alpha)
 
 
@@ -87,39 +115,48 @@ def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
     return np.stack([f, r // side, r % side], axis=2).astype(np.uint8)  # (n, V, 3)
 
 
-def distillation_grads_torch(X, y, params: dict, Zt, T: float, alpha: float, lam: float) -> dict:
-    """The gradients of distillation_targets' loss L plus the penalty of eq. 7, as torch autograd
-    computes them from the network written in torch (float64)."""
+def distillation_grads_torch(X, y, params: dict, Zt, T: float, alpha: float, lam: float,
+                             loss: str = "softmax") -> dict:
+    """The gradients of distillation_loss plus the penalty of eq. 7, as torch autograd computes
+    them from the network written in torch (float64)."""
     import torch
     p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     S = p["W2"] @ torch.relu(p["W1"] @ torch.tensor(X) + p["b1"]) + p["b2"]  # (K, n), eqs. 1-3
     labels = torch.nn.functional.cross_entropy(S.T, torch.tensor(y))
-    Q_T = torch.softmax(torch.tensor(Zt) / T, dim=0)  # (K, n)
-    soft = -torch.mean(torch.sum(Q_T * torch.log_softmax(S / T, dim=0), dim=0))
-    J = ((1 - alpha) * labels + alpha * T ** 2 * soft
+    if loss == "logits":
+        Zt_c = torch.tensor(Zt) - torch.tensor(Zt).mean(dim=0)
+        teach = torch.mean(torch.sum((S - S.mean(dim=0) - Zt_c) ** 2, dim=0)) / 2
+    else:
+        Q_T = torch.softmax(torch.tensor(Zt) / T, dim=0)  # (K, n)
+        teach = -T ** 2 * torch.mean(torch.sum(Q_T * torch.log_softmax(S / T, dim=0), dim=0))
+    J = ((1 - alpha) * labels + alpha * teach
          + lam * (torch.sum(p["W1"] ** 2) + torch.sum(p["W2"] ** 2)))
     J.backward()
     return {k: v.grad.numpy() for k, v in p.items()}
 
 
-def distillation_gradcheck(rng, settings=((7, 6, 5, 1.0, 1.0, 0.0), (7, 6, 5, 3.0, 0.7, 0.01))):
-    """The gradient of the distillation loss (assignment2.backward with distillation_targets)
-    against torch autograd and centred finite differences, float64, on random networks, data
-    and teacher scores. A setting is (d, n, m, T, alpha, lam)."""
+def distillation_gradcheck(rng, settings=((7, 6, 5, 1.0, 1.0, 0.0, "softmax"),
+                                          (7, 6, 5, 3.0, 0.7, 0.01, "softmax"),
+                                          (7, 6, 5, 1.0, 0.5, 0.01, "logits"))):
+    """The gradient of the distillation loss (assignment2.backward with distillation_targets
+    or logit_targets) against torch autograd and centred finite differences, float64, on random
+    networks, data and teacher scores. A setting is (d, n, m, T, alpha, lam, loss)."""
     rows = []
-    for d, n, m, T, alpha, lam in settings:
+    for d, n, m, T, alpha, lam, loss in settings:
         X, y, Zt = rng.standard_normal((d, n)), rng.integers(0, a.K, n), 3 * rng.standard_normal(
             (a.K, n))
         params = a.init_params(d, m, rng, "float64")
         params["b1"] += 0.1 * rng.standard_normal((m, 1))  # non-zero biases test their gradients
         params["b2"] += 0.1 * rng.standard_normal((a.K, 1))
         P, H = a.forward(X, params)
-        ours = a.backward(X, distillation_targets(P, Zt, y, T, alpha), P, H, params, lam)
-        torch_g = distillation_grads_torch(X, y, params, Zt, T, alpha, lam)
+        Y = (logit_targets(P, Zt, y, alpha) if loss == "logits" else
+             distillation_targets(P, Zt, y, T, alpha))
+        ours = a.backward(X, Y, P, H, params, lam)
+        torch_g = distillation_grads_torch(X, y, params, Zt, T, alpha, lam, loss)
         num_g = a.grads_numerical(X, y, params, lam, h=1e-5, loss=lambda P: distillation_loss(
-            P, Zt, y, T, alpha))
-        rows += [{"d": d, "n": n, "m": m, "T": T, "alpha": alpha, "lam": lam, "param": k,
-                  "vs_torch": a.rel_error(ours[k], torch_g[k]),
+            P, Zt, y, T, alpha, loss))
+        rows += [{"d": d, "n": n, "m": m, "T": T, "alpha": alpha, "lam": lam, "loss": loss,
+                  "param": k, "vs_torch": a.rel_error(ours[k], torch_g[k]),
                   "vs_numerical": a.rel_error(ours[k], num_g[k])} for k in params]
     return rows
 

@@ -25,38 +25,48 @@ def problem(d=7, n=6, m=5, seed=3):
     return X, y, params, 3 * rng.standard_normal((a.K, n))
 
 
-def ours(X, y, params, Zt, temperature, alpha, lam):
+def ours(X, y, params, Zt, temperature, alpha, lam, loss):
     P, H = a.forward(X, params)
-    Y = dist.distillation_targets(P, Zt, y, temperature, alpha)  # (K, n)
+    Y = (dist.logit_targets(P, Zt, y, alpha) if loss == "logits" else
+         dist.distillation_targets(P, Zt, y, temperature, alpha))  # (K, n)
     return a.backward(X, Y, P, H, params, lam)
 
 
-SETTINGS = [(1.0, 1.0, 0.0), (1.0, 0.5, 0.1), (3.0, 0.7, 0.01), (0.5, 1.0, 0.0)]
+SETTINGS = [(1.0, 1.0, 0.0, "softmax"), (1.0, 0.5, 0.1, "softmax"), (3.0, 0.7, 0.01, "softmax"),
+            (0.5, 1.0, 0.0, "softmax"), (1.0, 1.0, 0.0, "logits"), (1.0, 0.25, 0.01, "logits")]
 
 
-@pytest.mark.parametrize("temperature,alpha,lam", SETTINGS)
-def test_the_distillation_gradient_matches_torch_autograd(temperature, alpha, lam):
+@pytest.mark.parametrize("temperature,alpha,lam,loss", SETTINGS)
+def test_the_distillation_gradient_matches_torch_autograd(temperature, alpha, lam, loss):
     X, y, params, Zt = problem()
-    got, want = (f(X, y, params, Zt, temperature, alpha, lam)
+    got, want = (f(X, y, params, Zt, temperature, alpha, lam, loss)
                  for f in (ours, dist.distillation_grads_torch))
     for k in params:
         assert a.rel_error(got[k], want[k]) < 1e-7, k
 
 
-@pytest.mark.parametrize("temperature,alpha,lam", SETTINGS)
-def test_the_distillation_gradient_matches_finite_differences(temperature, alpha, lam):
+@pytest.mark.parametrize("temperature,alpha,lam,loss", SETTINGS)
+def test_the_distillation_gradient_matches_finite_differences(temperature, alpha, lam, loss):
     X, y, params, Zt = problem(seed=4)
-    got = ours(X, y, params, Zt, temperature, alpha, lam)
+    got = ours(X, y, params, Zt, temperature, alpha, lam, loss)
     want = a.grads_numerical(X, y, params, lam, h=1e-5, loss=lambda P: dist.distillation_loss(
-        P, Zt, y, temperature, alpha))
+        P, Zt, y, temperature, alpha, loss))
     for k in params:
         assert a.rel_error(got[k], want[k]) < 1e-6, k
 
 
+def test_the_squared_error_ignores_a_constant_added_to_the_teachers_scores():
+    X, y, params, Zt = problem()
+    P, _ = a.forward(X, params)
+    np.testing.assert_allclose(dist.logit_targets(P, Zt, y, 0.5),
+                               dist.logit_targets(P, Zt + 7.0, y, 0.5), atol=1e-12)
+
+
 def test_the_distillation_gradcheck_reports_every_parameter_and_setting():
     rows = dist.distillation_gradcheck(np.random.default_rng(0))
-    assert [r["param"] for r in rows] == ["W1", "b1", "W2", "b2"] * 2
-    assert {r["T"] for r in rows} == {1.0, 3.0}
+    assert [r["param"] for r in rows] == ["W1", "b1", "W2", "b2"] * 3
+    assert {(r["T"], r["loss"]) for r in rows} == {(1.0, "softmax"), (3.0, "softmax"),
+                                                   (1.0, "logits")}
     assert all(r["vs_torch"] < 1e-7 and r["vs_numerical"] < 1e-6 for r in rows)
 
 
@@ -110,6 +120,18 @@ def test_a_distillations_key_names_its_settings_and_scores():
     assert d.key == {"scores": {"teacher": "t"}, "T": 2.0, "alpha": 0.5, "per_view": True}
     with pytest.raises(a.ConfigError, match="alpha"):
         dist.Distillation(*distillation(True)[1:], st.Extras(), 1.0, 1.5, True, {})
+
+
+def test_the_squared_error_distillation_names_its_loss_in_its_key_and_uses_it():
+    _, views, scores = distillation(per_view=True)
+    d = dist.Distillation(views, scores, st.Extras(shift=1), 2.0, 0.5, True, {}, loss="logits")
+    assert d.key["loss"] == "logits"
+    rng = np.random.default_rng(0)
+    P, y, Zt = a.softmax(rng.standard_normal((a.K, 4))), np.array([1, 2, 3, 4]), scores[:4, 0].T
+    np.testing.assert_array_equal(d.targets(P, y, Zt), dist.logit_targets(
+        P, Zt.astype(P.dtype), y, 0.5))
+    with pytest.raises(a.ConfigError, match="loss"):
+        dist.Distillation(views, scores, st.Extras(shift=1), 2.0, 0.5, True, {}, loss="l1")
 
 
 # --------------------------------------------------------------------------------------------------
