@@ -46,6 +46,15 @@ def logit_targets(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, alpha: float) ->
     return Y + alpha * (P - (S_c - centred(Zt)))
 
 
+def targets(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float, alpha: float,
+            loss: str = "softmax") -> np.ndarray:
+    """The student's targets of the loss "softmax" (distillation_targets) or "logits"
+    (logit_targets, T unused)."""
+    if loss == "logits":
+        return logit_targets(P, Zt, y, alpha)
+    return distillation_targets(P, Zt, y, T, alpha)
+
+
 def distillation_loss(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
                       alpha: float, loss: str = "softmax") -> float:
     """L of distillation_targets (loss "softmax") or logit_targets ("logits"), averaged over
@@ -96,9 +105,7 @@ class Distillation:
                             self.loss)
 
     def targets(self, P: np.ndarray, y: np.ndarray, Zt: np.ndarray) -> np.ndarray:
-        if self.loss == "logits":
-            return logit_targets(P, Zt.astype(P.dtype), y, self.alpha)
-        return distillation_targets(P, Zt.astype(P.dtype), y, self.T, self.alpha)
+        return targets(P, Zt.astype(P.dtype), y, self.T, self.alpha, self.loss)
 
 
 def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
@@ -149,9 +156,7 @@ def distillation_gradcheck(rng, settings=((7, 6, 5, 1.0, 1.0, 0.0, "softmax"),
         params["b1"] += 0.1 * rng.standard_normal((m, 1))  # non-zero biases test their gradients
         params["b2"] += 0.1 * rng.standard_normal((a.K, 1))
         P, H = a.forward(X, params)
-        Y = (logit_targets(P, Zt, y, alpha) if loss == "logits" else
-             distillation_targets(P, Zt, y, T, alpha))
-        ours = a.backward(X, Y, P, H, params, lam)
+        ours = a.backward(X, targets(P, Zt, y, T, alpha, loss), P, H, params, lam)
         torch_g = distillation_grads_torch(X, y, params, Zt, T, alpha, lam, loss)
         num_g = a.grads_numerical(X, y, params, lam, h=1e-5, loss=lambda P: distillation_loss(
             P, Zt, y, T, alpha, loss))

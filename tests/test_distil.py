@@ -27,8 +27,7 @@ def problem(d=7, n=6, m=5, seed=3):
 
 def ours(X, y, params, Zt, temperature, alpha, lam, loss):
     P, H = a.forward(X, params)
-    Y = (dist.logit_targets(P, Zt, y, alpha) if loss == "logits" else
-         dist.distillation_targets(P, Zt, y, temperature, alpha))  # (K, n)
+    Y = dist.targets(P, Zt, y, temperature, alpha, loss)  # (K, n)
     return a.backward(X, Y, P, H, params, lam)
 
 
