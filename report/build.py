@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from assignment2 import write_atomic
+import assignment2 as a
 
 HERE = Path(__file__).resolve().parent
 # report.typ reads these
 STEPS = ("gradcheck", "overfit", "fig3", "fig4", "coarse", "fine", "final")
-FIGURES = ("fig3.png", "fig4.png", "coarse.png", "fine.png", "final.png")
+FIGURES = tuple(Path(f).name for f in a.FIGURES)  # those assignment2.py draws
 BONUS_FIGURES = ("augmentation.png", "bonus_minutes.png")
 STEPS_5 = ("recipe", "explore", "distil")  # Exercise 5's steps, each with a results file
 
@@ -94,5 +94,5 @@ def build_report(out_dir: Path, templates: Path = HERE) -> list[Path]:
     inputs = {s: "yes" if there[s] else "no" for s in ("explore", "distil")}
     pdfs = {name: compile_pdf(Path(templates) / f"{name}.typ", out_dir, inputs) for name in jobs}
     for name, pdf in pdfs.items():  # written only once every one of them compiled
-        write_atomic(out_dir / "report" / f"{name}.pdf", pdf)
+        a.write_atomic(out_dir / "report" / f"{name}.pdf", pdf)
     return [out_dir / "report" / f"{name}.pdf" for name in pdfs]
