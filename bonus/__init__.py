@@ -2,7 +2,7 @@
 
     python3 -m bonus --data-dir DIR            # the recipe, 4 networks: about 40 minutes on 2 cores
     python3 -m bonus explore --data-dir DIR    # its ablation on 45,000 / 5,000: about 4 hours
-    python3 -m bonus distil --data-dir DIR     # from a convolutional teacher: about 2 hours
+    python3 -m bonus distil --data-dir DIR     # from a convolutional teacher: 4-8 hours
     python3 -m bonus --quick                   # tiny sizes, a smoke test in seconds
 
 The recipe (one hidden layer of m units, W1 in the top principal directions, mirroring and
@@ -13,7 +13,7 @@ seeds repeat that choice. Every finished run's record goes to bonus/results/runs
 its key (bonus.keys: settings, data, and a probe of what its code computes), its weights to
 bonus/models/; a rerun reuses them, and a run cut short resumes. distil: the same network
 trained on the scores of a convolutional teacher (torch) for views of the training images,
-against the recipe's runs on the labels alone.
+its levers measured over seeds beside the labels alone at the same budgets.
 
 The modules, each importing only those above it (and assignment2 under them all):
   settings    one network's settings (Extras), the recipe and sizes, the ablation's rows
@@ -26,6 +26,7 @@ The modules, each importing only those above it (and assignment2 under them all)
   keys        what makes a stored run reusable: settings, data and a probe of the code
   experiment  one output folder: its data and every run through one store path
   outputs     the results files for people and the figures
-  steps       recipe, explore (the ablation), distil
+  steps       recipe, explore (the ablation), and what they share
+  distil_step distil: the teacher, its scores, the search, the ablation, the final networks
   cli         the command line
 """

@@ -28,11 +28,11 @@ def parse_args(argv=None, doc: str = "") -> argparse.Namespace:
 
 def run_step(ex, step: str, train: bool) -> None:
     """The step's runs, then its results files (explore writes its own as its runs finish)."""
-    from bonus import outputs, steps  # after require(): they import numba
+    from bonus import distil_step, outputs, steps  # after require(): they import numba
     if step == "explore":
         steps.explore(ex, train=train)
         return
-    res = steps.run_recipe(ex) if step == "recipe" else steps.run_distil(ex)
+    res = steps.run_recipe(ex) if step == "recipe" else distil_step.run_distil(ex)
     fmt = outputs.format_recipe if step == "recipe" else outputs.format_distil
     outputs.save(ex.results, step, res, fmt)
 

@@ -71,9 +71,10 @@ def distillation_loss(P: np.ndarray, Zt: np.ndarray, y: np.ndarray, T: float,
 class Distillation:
     """A teacher's scores as the student's targets, for hooks' teach. scores (n, V, K): the
     teacher's scores of V views (n, V, 3) of (f, oy, ox) of every training image (as
-    random_views gives them). per_view: each step trains on one of an image's V views, drawn
-    uniformly, against the teacher's scores of that view; else on any view, as random_views
-    draws it for x, against the teacher's mean over the V views (softmax averaged, at T = 1).
+    random_views gives them). Each step trains on any view, as random_views draws it for x,
+    against: per_view, the teacher's scores of the scored view of that image nearest to it
+    (the view itself where every view is scored; at most a pixel away on a grid of every other
+    shift, grid_views); else the teacher's mean over the V views (softmax averaged, at T = 1).
     T, alpha: distillation_targets'; loss "logits": logit_targets' instead (T unused). key:
     what made the scores; the run's key holds it."""
 
@@ -91,11 +92,14 @@ class Distillation:
 
     def draw(self, idx: np.ndarray, rng) -> tuple:
         """(f, oy, ox) of the images idx to train on, and the teacher's scores of them (K, B)."""
+        f, oy, ox = random_views(self.x, idx.size, rng)
+        return f, oy, ox, self.scores_of(idx, f, oy, ox)
+
+    def scores_of(self, idx: np.ndarray, f, oy, ox) -> np.ndarray:
+        """The teacher's scores (K, B) that the views (f, oy, ox) of the images idx train on."""
         if not self.per_view:
-            return (*random_views(self.x, idx.size, rng), self.scores[idx].T)
-        v = rng.integers(0, self.views.shape[1], idx.size)  # (B,)
-        f, oy, ox = self.views[idx, v].T  # (B,) each
-        return f, oy, ox, self.scores[idx, v].T  # (K, B)
+            return self.scores[idx].T
+        return self.scores[idx, nearest_view(self.views[idx], f, oy, ox)].T  # (K, B)
 
     def probe(self, n: int, rng) -> "Distillation":
         """The same targets from random scores of as many views of n images (bonus.keys)."""
@@ -106,6 +110,25 @@ class Distillation:
 
     def targets(self, P: np.ndarray, y: np.ndarray, Zt: np.ndarray) -> np.ndarray:
         return targets(P, Zt.astype(P.dtype), y, self.T, self.alpha, self.loss)
+
+
+def nearest_view(views: np.ndarray, f, oy, ox) -> np.ndarray:
+    """For each image b, the index of the view of views[b] (B, V, 3) nearest to (f, oy, ox)[b]:
+    mirrored alike first, then the least squared move; the first of equals (B,)."""
+    v = views.astype(np.int32)  # (B, V, 3)
+    d = (1000 * (v[..., 0] != f[:, None]) + (v[..., 1] - oy[:, None]) ** 2
+         + (v[..., 2] - ox[:, None]) ** 2)  # (B, V)
+    return np.argmin(d, axis=1)
+
+
+def grid_views(x: Extras, step: int) -> np.ndarray:
+    """The views (f, oy, ox) whose moves are multiples of step in each direction, both mirror
+    images where x mirrors, the plain view first: (V, 3) uint8. Every view is within
+    step // 2 pixels of one of them in each direction; step 1: every view."""
+    moves = [x.shift + k for k in range(-x.shift, x.shift + 1) if k % step == 0]
+    out = [(f, oy, ox) for f in range(1 + x.flip) for oy in moves for ox in moves]
+    out.sort(key=lambda v: v != (0, x.shift, x.shift))  # the plain one first, else in order
+    return np.array(out, np.uint8)
 
 
 def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
@@ -120,6 +143,20 @@ def target_views(n: int, V: int, x: Extras, rng) -> np.ndarray:
     codes = np.concatenate([np.full((n, 1), plain), others], axis=1)  # (n, V)
     f, r = np.divmod(codes, side * side)
     return np.stack([f, r // side, r % side], axis=2).astype(np.uint8)  # (n, V, 3)
+
+
+def agreement(every: np.ndarray, S: np.ndarray, teach: Distillation) -> dict:
+    """How far teach's targets lie from the teacher's scores of the views trained on: S (n, W,
+    K) the teacher's scores of the views every (W, 3) of n images, teach a Distillation of
+    the same n images. The mean over images and views of KL(softmax(S) || softmax(target)) in
+    nats, and the fraction whose most likely class is the same."""
+    n, W = S.shape[:2]
+    f, oy, ox = np.tile(every, (n, 1)).T  # (n W,) each
+    Zt = teach.scores_of(np.repeat(np.arange(n), W), f, oy, ox).astype(np.float64)  # (K, n W)
+    p = a.softmax(S.reshape(n * W, a.K).T.astype(np.float64))  # (K, n W)
+    kl = np.sum(p * (np.log(p) - np.log(a.softmax(Zt))), axis=0)  # (n W,)
+    return {"kl": float(np.mean(kl)), "same_class": float(np.mean(
+        np.argmax(p, axis=0) == np.argmax(Zt, axis=0)))}
 
 
 def distillation_grads_torch(X, y, params: dict, Zt, T: float, alpha: float, lam: float,

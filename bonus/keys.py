@@ -118,15 +118,18 @@ class Probes:
             self.teachers[small] = net, digest(record_numbers(rec), a.softmax(S.T))
         return self.teachers[small]
 
-    def scores(self, tc, x, views: int) -> str:
+    def scores(self, tc, x, views: int, grid: int = 0) -> str:
         """The fingerprint of the teacher's scores of `views` views an image, drawn by
-        distil.target_views for x's mirroring and moves."""
+        distil.target_views for x's mirroring and moves, or with grid those of
+        distil.grid_views."""
         def compute():
             from bonus import teacher
             net, made = self.teacher_net(tc)
             tr = self.splits[0]
-            chosen = distil.target_views(tr.n, views, x, np.random.default_rng(PROBE_SEED))
+            chosen = (np.broadcast_to(distil.grid_views(x, grid), (tr.n, views, 3)) if grid
+                      else distil.target_views(tr.n, views, x, np.random.default_rng(PROBE_SEED)))
             return store.short_hash(made + digest(teacher.teacher_logits(net, tr.X, chosen,
                                                                          x.shift)))
         return self.once("scores", asdict(tc) | {"views": views, "flip": x.flip,
-                                                 "shift": x.shift}, compute)
+                                                 "shift": x.shift} | (
+            {"grid": grid} if grid else {}), compute)

@@ -106,24 +106,33 @@ def format_recipe(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def format_explore(res: dict) -> str:
-    """explore.txt: the ablation, a row per change, mean +- spread over its seeds and
-    the difference to its recipe row +- a standard error, in points of validation accuracy."""
-    def pts(x, sign=False):
-        return "-" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
-    pooled = res.get("pooled_std")
-    out = [f"Exercise 5's ablation: {res['n_train']} training / {res['n_val']} validation images, "
-           f"one change per row; validation accuracy (%) over the seeds of each row",
-           data_line(res),
-           f"standard error of a difference from the spread of one run, pooled over the rows: "
-           f"{pts(pooled)} points ({res.get('pooled_dof', 0)} degrees of freedom)", "",
-           f"{'row':<34} {'epochs':>6} {'runs':>4} {'mean':>6} {'+-std':>6} {'diff':>6} "
+def pts(x, sign=False) -> str:
+    """A fraction in points, with its sign if sign; "-" for none."""
+    return "-" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def ablation_table(res: dict) -> list:
+    """The lines of an ablation (steps.summary's rows): mean +- spread over each row's seeds and
+    its difference to the row it is measured against +- a standard error, in points."""
+    w = max([34] + [len(n) for n in res["rows"]])
+    out = [f"standard error of a difference from the spread of one run, pooled over the rows: "
+           f"{pts(res.get('pooled_std'))} points ({res.get('pooled_dof', 0)} degrees of freedom)",
+           "", f"{'row':<{w}} {'epochs':>6} {'runs':>4} {'mean':>6} {'+-std':>6} {'diff':>6} "
            f"{'+-se':>5} {'min/run':>7}"]
     for name, r in res["rows"].items():
         minutes = np.mean([t.get("seconds", 0) for t in r["runs"]]) / 60
-        out.append(f"{name:<34} {r['epochs']:>6g} {len(r['val_acc']):>4} {pts(r['mean']):>6} "
+        out.append(f"{name:<{w}} {r['epochs']:>6g} {len(r['val_acc']):>4} {pts(r['mean']):>6} "
                    f"{pts(r['std']):>6} {pts(r['diff'], True):>6} {pts(r['se']):>5} "
                    f"{minutes:>7.1f}")
+    return out
+
+
+def format_explore(res: dict) -> str:
+    """explore.txt: the ablation, a row per change, mean +- spread over its seeds and
+    the difference to its recipe row +- a standard error, in points of validation accuracy."""
+    out = [f"Exercise 5's ablation: {res['n_train']} training / {res['n_val']} validation images, "
+           f"one change per row; validation accuracy (%) over the seeds of each row",
+           data_line(res), *ablation_table(res)]
     missing = [n for n in res["rows_planned"] if n not in res["rows"]]
     if missing:
         out += ["", "not run yet: " + ", ".join(missing)]
@@ -150,6 +159,19 @@ def format_distil(res: dict) -> str:
            f"images, one run each (chosen: {res['chosen']}):"]
     out += [f"  {name}: val acc {pct(r['val_acc'])}, {r['seconds'] / 60:.1f} minutes"
             for name, r in res["search"].items()]
+    c = res["consistency"]
+    out += ["", f"how far each target lies from the teacher's scores of the view trained on "
+            f"(every view of {c['images']} images scored): mean KL(view || target), and how "
+            f"often the most likely class is the same:"]
+    out += [f"  {k}: KL {r['kl']:.3f}, same class {pct(r['same_class'])}"
+            for k, r in c["targets"].items()]
+    g, ab = res["grid_scores"], res["ablation"]
+    out += [f"per-view targets: the nearest of {g['key']['views']} scored views (moves every "
+            f"{g['key']['grid']} px), scored in {g['seconds'] / 60:.1f} minutes", "",
+            "the ablation on the same split, validation accuracy (%); the squared error's "
+            "alpha chosen on one run each: " + ", ".join(
+                f"{r['alpha']:g} {pts(r['val_acc'])}" for r in ab["logit_search"].values()),
+            *ablation_table(ab), f"chosen for the final networks: {ab['chosen']}"]
     out += ["", f"the chosen setting, {res['epochs']:g} epochs, and the recipe's runs on the "
             f"labels ({res['labels_epochs']} epochs):",
             f"{'run':<12} {'distilled val':>13} {'test':>7} {'labels only val':>15} {'test':>7}"]

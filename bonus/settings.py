@@ -56,11 +56,17 @@ class Exercise5:
     distil_grid: tuple = ((1.0, 1.0, False), (1.0, 0.5, False),
                           (3.0, 0.5, False))  # (T, alpha, per view) tried at epochs ...
     distil_refine: tuple = ((0.25, 140),)  # ... then the best: (lam x, epochs)
+    grid: int = 2  # per-view targets: the teacher scores the moves every grid px (both mirrors)
+    consistency_images: int = 300  # every view of this many images scored, to compare targets
+    logit_alphas: tuple = (1.0, 0.75, 0.5)  # the squared error of logits: its weight (labels' 0,
+    # 0.25, 0.5), chosen on one run each
+    long_epochs: int = 280  # the distillation's ablation: the longer schedule
 
 
 QUICK = Exercise5(m=40, pca=16, epochs=2, batch=100, points=2, cycles=1, ablation_epochs=1,
                   views=3, distil_grid=((1.0, 1.0, False), (2.0, 0.5, True)),
-                  distil_refine=((0.25, 2), (1.0, 1)))
+                  distil_refine=((0.25, 2), (1.0, 1)), grid=6, consistency_images=20,
+                  logit_alphas=(1.0, 0.5), long_epochs=3)
 
 
 def recipe(e: Exercise5, n_train: int, epochs: int | None = None) -> tuple:
@@ -140,6 +146,23 @@ def parts(e: Exercise5) -> dict:
         out[f"{e.pca // 2} directions"] = f"{e.pca} principal directions, not {e.pca // 2}"
     return out | {f"{row}, {e.epochs} epochs": f"{part} (at {e.epochs} epochs)"
                   for row, part in out.items()}
+
+
+def distil_rows(e: Exercise5, base: dict, logit_alpha: float) -> dict:
+    """The distillation's ablation: {name: (setting, the row it is measured against)}, each
+    one change. base: the search's best setting of the mean targets (distil_step.Students);
+    per-view rows train on the nearest scored view's scores; {"labels": True, "epochs": E}:
+    the labels alone at that budget."""
+    E, L = base["epochs"], e.long_epochs
+    per_view = base | {"per_view": True}
+    lab, means, views = f"labels only, {E} epochs", f"mean of {e.views} views", "per view"
+    return {lab: ({"labels": True, "epochs": E}, lab),
+            f"labels only, {L} epochs": ({"labels": True, "epochs": L}, lab),
+            means: (base | {"per_view": False}, lab),
+            views: (per_view, means),
+            f"per view, {L} epochs": (per_view | {"epochs": L}, views),
+            f"per view, squared error of logits (alpha={logit_alpha:g})": (
+                per_view | {"loss": "logits", "alpha": logit_alpha}, views)}
 
 
 def epochs_of(cfg: a.Config, n_train: int) -> float:

@@ -10,8 +10,8 @@ import torch
 import assignment2 as a
 from bonus import augment as aug
 from bonus import distil as dist
+from bonus import distil_step
 from bonus import settings as st
-from bonus import steps
 from bonus import teacher as T
 
 
@@ -97,13 +97,46 @@ def distillation(per_view, n=30, V=4):
     return dist.Distillation(views, scores, x, 2.0, 0.5, per_view, {"teacher": "t"}), views, scores
 
 
-def test_a_view_drawn_comes_with_the_teachers_scores_of_that_view():
-    d, views, scores = distillation(per_view=True)
-    idx = np.array([3, 7, 7, 12])
+def test_a_view_drawn_comes_with_the_teachers_scores_of_that_view_where_it_was_scored():
+    x = st.Extras(shift=1)
+    every = dist.grid_views(x, 1)  # (18, 3)
+    scores = np.random.default_rng(0).standard_normal((5, 18, a.K)).astype(np.float16)
+    d = dist.Distillation(np.broadcast_to(every, (5, 18, 3)), scores, x, 2.0, 0.5, True, {})
+    idx = np.array([3, 1, 1, 4, 0, 2])
     f, oy, ox, Zt = d.draw(idx, np.random.default_rng(2))
     for j, i in enumerate(idx):
-        v = [tuple(w) for w in views[i]].index((f[j], oy[j], ox[j]))
+        v = [tuple(w) for w in every].index((f[j], oy[j], ox[j]))
         np.testing.assert_array_equal(Zt[:, j], scores[i, v])
+
+
+def test_a_view_not_scored_comes_with_the_scores_of_the_nearest_scored_view():
+    views = np.array([[[0, 1, 1], [0, 3, 3], [1, 1, 1]]], np.uint8)  # (1, 3, 3)
+    f, oy, ox = np.array([0, 0, 1, 0, 1]), np.array([0, 3, 3, 2, 0]), np.array([1, 2, 3, 2, 0])
+    got = dist.nearest_view(np.repeat(views, 5, axis=0), f, oy, ox)
+    np.testing.assert_array_equal(got, [0, 1, 2, 0, 2])  # a mirror image stays mirrored
+
+
+def test_grid_views_start_plain_and_leave_no_view_more_than_a_pixel_away():
+    x = st.Extras(shift=3)
+    g = dist.grid_views(x, 2)
+    assert len(g) == 18 and tuple(g[0]) == (0, 3, 3) and len({tuple(v) for v in g}) == 18
+    every = dist.grid_views(x, 1)
+    assert len(every) == aug.view_count(x) == 98
+    near = g[dist.nearest_view(np.broadcast_to(g, (98, 18, 3)), *every.T.astype(int))]
+    assert np.all(near[:, 0] == every[:, 0])
+    assert np.abs(near[:, 1:].astype(int) - every[:, 1:]).max() == 1
+
+
+def test_targets_agree_fully_with_the_scores_they_are_made_of_and_less_with_a_mean():
+    x = st.Extras(shift=1)
+    every = dist.grid_views(x, 1)  # (18, 3)
+    S = (3 * np.random.default_rng(0).standard_normal((4, 18, a.K))).astype(np.float16)
+    exact = dist.agreement(every, S, dist.Distillation(
+        np.broadcast_to(every, (4, 18, 3)), S, x, 1.0, 1.0, True, None))
+    assert exact["kl"] == pytest.approx(0, abs=1e-9) and exact["same_class"] == 1
+    mean = dist.agreement(every, S, dist.Distillation(
+        np.broadcast_to(every, (4, 18, 3)), S, x, 1.0, 1.0, False, None))
+    assert mean["kl"] > 0.1 and mean["same_class"] < 1
 
 
 def test_any_view_comes_with_the_teachers_mean_over_its_views():
@@ -234,8 +267,8 @@ def test_scoring_cut_short_resumes_and_scores_each_image_once(tmp_path):
         return full[i:j]
     progress, log = (tmp_path / "scores-x.progress.npz", {"views": 4}), lambda s: None
     with pytest.raises(KeyboardInterrupt):
-        steps.score_views(lambda i, j: score(i, j, stop_at=15), (23, 4), progress, log, chunk=5,
-                          every=0.0)
+        distil_step.score_views(lambda i, j: score(i, j, stop_at=15), (23, 4), progress, log,
+                                chunk=5, every=0.0)
     assert asked == [(0, 5), (5, 10), (10, 15)]
-    out, _ = steps.score_views(score, (23, 4), progress, log, chunk=5, every=0.0)
+    out, _ = distil_step.score_views(score, (23, 4), progress, log, chunk=5, every=0.0)
     assert asked[3:] == [(15, 20), (20, 23)] and np.array_equal(out, full)

@@ -139,6 +139,23 @@ def test_a_change_of_the_teachers_training_changes_its_key_and_its_scores(probes
     assert fresh(probes).teacher(tc) != teacher and probes.scores(tc, x, 3) != scores
 
 
+def test_a_change_of_the_grid_changes_the_grids_scores_only(probes, monkeypatch):
+    _, x = recipe()
+    tc = T.QUICK_TEACHER
+    grid, views = fresh(probes).scores(tc, x, 18, 3), probes.scores(tc, x, 3)
+    real = dist.grid_views
+    monkeypatch.setattr(dist, "grid_views", lambda x, step: real(x, step)[::-1].copy())
+    assert fresh(probes).scores(tc, x, 18, 3) != grid and probes.scores(tc, x, 3) == views
+
+
+def test_a_change_of_the_nearest_view_changes_the_per_view_runs_only(probes, monkeypatch):
+    cfg, x = recipe()
+    means, per_view = fresh(probes).student(cfg, x, teach()), probes.student(cfg, x, teach(True))
+    monkeypatch.setattr(dist, "nearest_view", lambda views, f, oy, ox: np.zeros(f.size, int))
+    assert fresh(probes).student(cfg, x, teach(True)) != per_view
+    assert probes.student(cfg, x, teach()) == means
+
+
 def test_edits_that_keep_the_numbers_keep_every_stored_run(quick_cifar, tmp_path):
     """The issue's case, as a user meets it: a stored quick recipe, then the code edited (a
     statement added to assignment2.train, a function renamed, one moved between modules): the

@@ -284,9 +284,39 @@ def test_distil_puts_the_recipes_runs_on_the_labels_beside_its_own(distil_run, b
     assert list(res["runs"]) == list(res["labels_only"]) == list(bonus_run[1]["runs"])
     assert [t["test_acc"] for t in res["labels_only"].values()] == [
         t["test_acc"] for t in bonus_run[1]["runs"].values()]
-    assert done.stdout.count("kept from runs.jsonl") == 4  # the recipe's runs, not retrained
+    assert sum(f"seed {i}: kept from runs.jsonl" in done.stdout for i in range(4)) == 4
     assert res["gain"]["diff"] == pytest.approx(
         np.mean([t["test_acc"] for t in res["runs"].values()]) - res["gain"]["labels_mean"])
+
+
+def test_distil_measures_every_lever_of_its_ablation_over_seeds(distil_run):
+    _, res, _ = distil_run
+    ab, quick = res["ablation"], settings.QUICK
+    base = {k: res["search"][res["chosen"]][k] for k in ("T", "alpha", "per_view", "lam", "epochs")}
+    planned = settings.distil_rows(quick, base, ab["logit_alpha"])
+    assert list(ab["rows"]) == list(planned) and len(ab["logit_search"]) == len(quick.logit_alphas)
+    for name, row in ab["rows"].items():
+        assert len(row["val_acc"]) == quick.ablation_seeds and row["setting"] == planned[name][0]
+        assert (row["se"] is None) == (row["against"] == name)
+    assert ab["pooled_std"] > 0 and ab["pooled_dof"] == len(planned) * (quick.ablation_seeds - 1)
+
+
+def test_distil_makes_its_final_networks_with_the_best_distilled_row(distil_run):
+    _, res, _ = distil_run
+    rows = res["ablation"]["rows"]
+    distilled = {n: r for n, r in rows.items() if not r["setting"].get("labels")}
+    chosen = distilled[res["ablation"]["chosen"]]
+    assert chosen["mean"] == max(r["mean"] for r in distilled.values())
+    assert res["epochs"] == chosen["epochs"]
+    assert res["setting"]["per_view"] == chosen["setting"]["per_view"]
+
+
+def test_distil_says_how_far_each_target_lies_from_the_view_trained_on(distil_run):
+    _, res, _ = distil_run
+    c = res["consistency"]
+    assert c["images"] == settings.QUICK.consistency_images and c["views"] == 98
+    assert len(c["targets"]) == 5  # the plain view, the random views' mean, three grids
+    assert all(r["kl"] >= 0 and 0 <= r["same_class"] <= 1 for r in c["targets"].values())
 
 
 def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
@@ -295,6 +325,7 @@ def test_distil_again_reuses_its_teacher_scores_and_runs(distil_run):
     assert done.returncode == 0, done.stderr
     assert "teacher: kept from runs.jsonl" in done.stdout and "teacher epoch" not in done.stdout
     assert "scores of 3 views an image: kept" in done.stdout and "step" not in done.stdout
+    assert "scores of 2 views an image: kept" in done.stdout  # the grid's: mirror images
     assert results(out, "distil")["final"] == res["final"]
 
 
