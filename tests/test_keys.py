@@ -88,6 +88,18 @@ def test_rounding_as_another_machines_keeps_the_key_and_a_real_change_does_not(p
             assert (fresh(probes).student(cfg, x) == before) is same
 
 
+def test_rounding_as_another_machines_keeps_the_teachers_key(monkeypatch):
+    tc, real = T.QUICK_TEACHER, keys.probe_splits
+    before = keys.Probes().teacher(tc)
+
+    def nudged():  # images off by 1e-12: the teacher's numbers move by about 1e-9
+        rng = np.random.default_rng(0)
+        return tuple(a.Split(s.X * (1 + 1e-12 * rng.standard_normal(s.X.shape)), s.y)
+                     for s in real())
+    monkeypatch.setattr(keys, "probe_splits", nudged)
+    assert keys.Probes().teacher(tc) == before
+
+
 def test_a_change_of_adams_beta2_changes_the_adam_runs_only(probes, monkeypatch):
     cfg, x = recipe()
     adam, nesterov = fresh(probes).student(cfg, x), probes.student(cfg, replace(
