@@ -11,9 +11,9 @@ averaging k networks' scores is one wider network, and validation picks how many
 network looks at an image (plain, with its mirror image, or with moved copies too). The next
 seeds repeat that choice. Every finished run's record goes to bonus/results/runs.jsonl under
 its key (bonus.keys: settings, data, and a probe of what its code computes), its weights to
-bonus/models/; a rerun reuses them, and a run cut short resumes. distil: the same network
-trained on the scores of a convolutional teacher (torch) for views of the training images,
-its levers measured over seeds beside the labels alone at the same budgets.
+bonus/models/ (the teacher's to bonus/results/); a rerun reuses them, and a run cut short
+resumes. distil: the same network trained on the scores of a convolutional teacher (torch) for
+views of the training images, its levers measured over seeds beside the labels alone.
 
 The modules, each importing only those above it (and assignment2 under them all):
   settings    one network's settings (Extras), the recipe and sizes, the ablation's rows

@@ -3,9 +3,9 @@ and projected crops of its training images, and every run (students and the teac
 one path: found in the store under its key (bonus.keys), or trained, resuming a run cut short,
 then its weights and its record saved and its progress file removed.
 
-Layout under the output folder: bonus/results/ holds the results files and runs.jsonl, the
-records of the finished runs (in git); bonus/models/ the weights, the teacher's scores and the
-progress files (not in git); figures/ the figures.
+Layout under the output folder: bonus/results/ holds the results files, runs.jsonl, the
+records of the finished runs, and the teacher's weights (in git); bonus/models/ the students'
+weights, the teacher's scores and the progress files (not in git); figures/ the figures.
 """
 import time
 from dataclasses import asdict
@@ -109,7 +109,12 @@ class Experiment:
         return rec
 
     def weights_file(self, key: dict, kind: str = "") -> Path:
-        """The one name of the weights (or, with kind, another file) of the run `key`."""
+        """The one name of the weights (or, with kind, another file) of the run `key`. The
+        teacher's weights are results (bonus/results/, in git, 4.5 MB): a new checkout holds
+        no bonus/models/, and without them every session would train the teacher again (an
+        hour) and its students would learn from teachers that differ by machine."""
+        if key.get("stage") == "teacher" and not kind:
+            return self.results / f"teacher-{store.run_name(key)}.npz"
         return self.models / f"{kind}{store.run_name(key)}.npz"
 
     def trial(self, stage: str, label: str, cfg, x, seed: int, train: bool = True, teach=None,
