@@ -145,6 +145,26 @@ def format_explore(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def levers(res: dict) -> list:
+    """distil.txt's lines on what the student learns from: how far each target lies from the
+    view trained on, and the ablation of the levers."""
+    pct, out = a.pct, []
+    c = res["consistency"]
+    out += ["", f"how far each target lies from the teacher's scores of the view trained on "
+            f"(every view of {c['images']} images scored): mean KL(view || target), and how "
+            f"often the most likely class is the same:"]
+    out += [f"  {k}: KL {r['kl']:.3f}, same class {pct(r['same_class'])}"
+            for k, r in c["targets"].items()]
+    g, ab = res["grid_scores"], res["ablation"]
+    out += [f"per-view targets: the nearest of {g['key']['views']} scored views (moves every "
+            f"{g['key']['grid']} px), scored in {g['seconds'] / 60:.1f} minutes", "",
+            "the ablation on the same split, validation accuracy (%); the squared error's "
+            "alpha chosen on one run each: " + ", ".join(
+                f"{r['alpha']:g} {pts(r['val_acc'])}" for r in ab["logit_search"].values()),
+            *ablation_table(ab), f"chosen for the final networks: {ab['chosen']}"]
+    return out
+
+
 def format_distil(res: dict) -> str:
     """distil.txt: the teacher, the settings tried, the distilled and the labels' runs."""
     pct, t = a.pct, res["teacher"]
@@ -159,19 +179,7 @@ def format_distil(res: dict) -> str:
            f"images, one run each (chosen: {res['chosen']}):"]
     out += [f"  {name}: val acc {pct(r['val_acc'])}, {r['seconds'] / 60:.1f} minutes"
             for name, r in res["search"].items()]
-    c = res["consistency"]
-    out += ["", f"how far each target lies from the teacher's scores of the view trained on "
-            f"(every view of {c['images']} images scored): mean KL(view || target), and how "
-            f"often the most likely class is the same:"]
-    out += [f"  {k}: KL {r['kl']:.3f}, same class {pct(r['same_class'])}"
-            for k, r in c["targets"].items()]
-    g, ab = res["grid_scores"], res["ablation"]
-    out += [f"per-view targets: the nearest of {g['key']['views']} scored views (moves every "
-            f"{g['key']['grid']} px), scored in {g['seconds'] / 60:.1f} minutes", "",
-            "the ablation on the same split, validation accuracy (%); the squared error's "
-            "alpha chosen on one run each: " + ", ".join(
-                f"{r['alpha']:g} {pts(r['val_acc'])}" for r in ab["logit_search"].values()),
-            *ablation_table(ab), f"chosen for the final networks: {ab['chosen']}"]
+    out += levers(res)
     out += ["", f"the chosen setting, {res['epochs']:g} epochs, and the recipe's runs on the "
             f"labels ({res['labels_epochs']} epochs):",
             f"{'run':<12} {'distilled val':>13} {'test':>7} {'labels only val':>15} {'test':>7}"]
