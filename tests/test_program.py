@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, SHARED_DATA, write_batch
 
 import assignment2 as a
-from bonus import augment, keys, settings
+from bonus import augment, keys, settings, steps
 
 
 def run_program(*args, script="assignment2.py", cwd=None, env=None):
@@ -359,6 +359,19 @@ def test_the_report_built_again_from_the_same_results_is_the_same_bytes(report_r
     time.sleep(1.1)  # a build date would differ now, to the second
     assert run_program("--out-dir", str(folder), script="report").returncode == 0
     assert len(before) == 2 and all(p.read_bytes() == pdf for p, pdf in before.items())
+
+
+def test_the_report_builds_from_an_ablation_of_one_run_a_row(report_run, tmp_path):
+    shutil.copytree(report_run[0], tmp_path, dirs_exist_ok=True)
+    path = tmp_path / "bonus" / "results" / "explore.json"
+    res = json.loads(path.read_text())  # as explore writes it after every row's first run
+    for row in res["rows"].values():
+        row["runs"] = row["runs"][:1]
+    res |= steps.summary(res["rows"])
+    res["gains"] = steps.gains(res["rows"], settings.parts(settings.QUICK))
+    path.write_text(json.dumps(res))
+    done = run_program("--out-dir", str(tmp_path), script="report")
+    assert done.returncode == 0, done.stderr
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
