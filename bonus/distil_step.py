@@ -116,9 +116,9 @@ def distil_ablation(ex: Experiment, st: Students, best: dict) -> dict:
     runs with the pooled standard error (steps.summary): first the squared error's alpha,
     chosen on one run each of e.logit_alphas, then every row's first seed, then every row's
     next, so that a step cut short has a number for every row early. chosen: the distilled
-    row of the best mean validation accuracy, the final networks' setting."""
+    row of the best mean validation accuracy, the final networks' setting. On the split
+    distil_search left the experiment on (reloading it would drop the projected crops)."""
     e = ex.e
-    search_splits(ex)
     base = {k: best[k] for k in ("T", "alpha", "per_view", "lam", "epochs")}
     logit = {}
     for alpha in e.logit_alphas:
